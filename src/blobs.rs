@@ -1,0 +1,757 @@
+//! The content-addressed blob store: the only code that writes into `blobs/`.
+//!
+//! A blob is named by the blake3 hash of the *raw* payload and holds either
+//! zstd frames or, when compression would not shrink the payload, the raw
+//! bytes. Files live at `blobs/ab/cdef…` (first hash byte as a fan-out
+//! directory). Every file is written under `tmp/`, optionally fsynced, and
+//! then renamed or hard-linked into place, so a blob path either does not
+//! exist or holds a complete frame (invariant 1).
+//!
+//! Small blobs are kept inline in the index instead (see `index.rs`); this
+//! module still encodes and decodes them, so the codec and the integrity
+//! check are the same for both.
+//!
+//! Every read verifies the blake3 of what it returns (invariant 3). A
+//! missing or corrupt blob is reported as a [`BlobError`], never as bytes.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Cursor, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::record::Codec;
+
+/// The blake3 hash of a payload's raw bytes; it names the payload's blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// Hashes `data`.
+    pub fn of(data: &[u8]) -> BlobHash {
+        BlobHash(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lower-case hex form (64 characters).
+    pub fn to_hex(&self) -> String {
+        crate::key::hex(&self.0)
+    }
+
+    /// Parses the 64-character hex form.
+    pub fn from_hex(s: &str) -> Option<BlobHash> {
+        let h = blake3::Hash::from_hex(s).ok()?;
+        Some(BlobHash(*h.as_bytes()))
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobHash({})", self.to_hex())
+    }
+}
+
+impl Serialize for BlobHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BlobHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BlobHash, E> {
+                let arr: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(BlobHash(arr))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Why a blob could not be read. `Missing` and `Corrupt` make the entry a
+/// miss (and heal the index); `Io` is an environmental failure (permissions,
+/// descriptors) that leaves the entry alone and surfaces as an error.
+#[derive(Debug)]
+pub(crate) enum BlobError {
+    Missing,
+    Corrupt(String),
+    Io(Error),
+}
+
+/// Zstd compression level bounds accepted by the store. Levels above 19
+/// need windows larger than readers are allowed to allocate.
+pub const MAX_LEVEL: i32 = 19;
+/// Lowest (fastest) accepted level.
+pub const MIN_LEVEL: i32 = -7;
+/// Readers refuse zstd frames asking for a window larger than 2^this bytes,
+/// so a damaged or hostile frame cannot make them allocate without bound.
+const WINDOW_LOG_MAX: u32 = 24;
+/// Blob files at least this large are read through a memory map.
+const MMAP_MIN: u64 = 256 * 1024;
+/// Streaming buffer size.
+pub(crate) const CHUNK: usize = 128 * 1024;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `raw` at `level` with a per-thread reused context. Returns
+/// `None` when compression fails or does not make the payload smaller.
+pub(crate) fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    if raw.is_empty() {
+        return None;
+    }
+    let out = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        c.compress(raw).ok()
+    })?;
+    (out.len() < raw.len()).then_some(out)
+}
+
+/// Decodes stored bytes and checks them against `hash` and `raw_size`.
+pub(crate) fn decode(
+    stored: &[u8],
+    codec: Codec,
+    raw_size: u64,
+    hash: &BlobHash,
+) -> Result<Vec<u8>, BlobError> {
+    let raw = match codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => decompress(stored, raw_size)?,
+    };
+    if raw.len() as u64 != raw_size {
+        return Err(BlobError::Corrupt(format!(
+            "decoded {} bytes, expected {raw_size}",
+            raw.len()
+        )));
+    }
+    if BlobHash::of(&raw) != *hash {
+        return Err(BlobError::Corrupt("content does not match its hash".into()));
+    }
+    Ok(raw)
+}
+
+fn decompress(stored: &[u8], raw_size: u64) -> Result<Vec<u8>, BlobError> {
+    let cap = usize::try_from(raw_size)
+        .map_err(|_| BlobError::Corrupt(format!("raw size {raw_size} does not fit in memory")))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(cap)
+        .map_err(|_| BlobError::Corrupt(format!("cannot allocate {raw_size} bytes")))?;
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut d = zstd::bulk::Decompressor::new()
+                .map_err(|e| BlobError::Corrupt(format!("zstd context: {e}")))?;
+            d.window_log_max(WINDOW_LOG_MAX)
+                .map_err(|e| BlobError::Corrupt(format!("zstd context: {e}")))?;
+            *slot = Some(d);
+        }
+        let Some(d) = slot.as_mut() else {
+            return Err(BlobError::Corrupt("zstd context unavailable".into()));
+        };
+        d.decompress_to_buffer(stored, &mut out)
+            .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))
+    })?;
+    Ok(out)
+}
+
+/// What a write into the blob store produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub hash: BlobHash,
+    pub codec: Codec,
+    pub raw_size: u64,
+    pub stored_size: u64,
+    /// Allocated bytes of the blob file.
+    pub disk_bytes: u64,
+    /// A valid file for this hash was already in place; nothing new was
+    /// written.
+    pub existed: bool,
+}
+
+/// A blob staged by a streaming write: complete in `tmp/` and linked into
+/// `blobs/`. The staging name is kept (and locked) until the index has taken
+/// the record, so the blob can be linked again if the sweeper deleted it in
+/// between; dropping the value removes the staging file.
+pub(crate) struct Staged {
+    pub written: Written,
+    tmp: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Handle on the `blobs/` and `tmp/` directories.
+#[derive(Debug, Clone)]
+pub(crate) struct Blobs {
+    root: PathBuf,
+    tmp: PathBuf,
+    sync: bool,
+}
+
+impl Blobs {
+    pub fn new(root: PathBuf, tmp: PathBuf, sync: bool) -> Blobs {
+        Blobs { root, tmp, sync }
+    }
+
+    /// `blobs/ab/cdef…` for `hash`.
+    pub fn path_for(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Makes sure a complete file for `hash` holding `stored` is in place.
+    /// An existing file is kept (and its mtime refreshed, so the sweeper's
+    /// safety window restarts) unless its length shows it is not the frame we
+    /// would write and it fails verification, in which case it is replaced.
+    pub fn ensure_file(
+        &self,
+        hash: &BlobHash,
+        stored: &[u8],
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<Written> {
+        let path = self.path_for(hash);
+        let existed = self.existing_is_usable(&path, hash, stored.len() as u64, codec, raw_size)?;
+        if !existed {
+            self.write_new(&path, stored)?;
+        }
+        let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        Ok(Written {
+            hash: *hash,
+            codec,
+            raw_size,
+            stored_size: meta.len(),
+            disk_bytes: fsutil::disk_bytes(&meta),
+            existed,
+        })
+    }
+
+    /// True when a regular file for `hash` is present and may be reused.
+    fn existing_is_usable(
+        &self,
+        path: &Path,
+        hash: &BlobHash,
+        stored_len: u64,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<bool> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("inspect", path, e)),
+        };
+        if !meta.is_file() {
+            // A foreign symlink or directory at a blob name: never follow or
+            // reuse it. Unlinking a symlink does not touch its target.
+            log::warn!("replacing foreign non-file at blob path {}", path.display());
+            remove_foreign(path, &meta)?;
+            return Ok(false);
+        }
+        // Same length as our frame: the same content (a frame of another
+        // level would be fine too). Different length: a recompressed blob or
+        // a damaged one; decode it to know.
+        let usable = meta.len() == stored_len || self.read_file(hash, codec, raw_size).is_ok();
+        if usable {
+            fsutil::touch(path).ctx("refresh mtime of", path)?;
+        }
+        Ok(usable)
+    }
+
+    fn ensure_fanout(&self, path: &Path) -> Result<()> {
+        match path.parent() {
+            Some(dir) => fsutil::ensure_private_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    fn write_new(&self, path: &Path, stored: &[u8]) -> Result<()> {
+        self.ensure_fanout(path)?;
+        let (tmp, mut f) = self.stage()?;
+        let res = f
+            .write_all(stored)
+            .and_then(|()| if self.sync { f.sync_all() } else { Ok(()) })
+            .ctx("write", &tmp)
+            .and_then(|()| fs::rename(&tmp, path).ctx("rename into", path))
+            .and_then(|()| self.sync_parent(path));
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    fn sync_parent(&self, path: &Path) -> Result<()> {
+        if !self.sync {
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(&self.root);
+        fsutil::sync_dir(dir).ctx("sync directory", dir)
+    }
+
+    /// Creates a locked staging file in `tmp/`. The lock tells the cleaner
+    /// that its writer is alive; the kernel drops it if the writer dies.
+    fn stage(&self) -> Result<(PathBuf, File)> {
+        let tmp = fsutil::unique_tmp_name(&self.tmp, "blob");
+        let f = fsutil::create_new(&tmp).ctx("create staging file", &tmp)?;
+        f.try_lock().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("lock staging file", &tmp, io::Error::other(e.to_string()))
+        })?;
+        Ok((tmp, f))
+    }
+
+    /// Streams `first` followed by the rest of `src` into a staged blob,
+    /// hashing and compressing as it goes, in bounded memory. `codec` was
+    /// chosen by the caller from a sample.
+    pub fn write_stream(
+        &self,
+        first: &[u8],
+        src: &mut dyn Read,
+        codec: Codec,
+        level: i32,
+    ) -> std::result::Result<Staged, StreamError> {
+        let (tmp, lock) = self.stage().map_err(StreamError::Store)?;
+        let staged = Staged {
+            written: Written {
+                hash: BlobHash([0; 32]),
+                codec,
+                raw_size: 0,
+                stored_size: 0,
+                disk_bytes: 0,
+                existed: false,
+            },
+            tmp,
+            _lock: lock,
+        };
+        self.fill_staged(staged, first, src, level)
+    }
+
+    fn fill_staged(
+        &self,
+        mut staged: Staged,
+        first: &[u8],
+        src: &mut dyn Read,
+        level: i32,
+    ) -> std::result::Result<Staged, StreamError> {
+        let tmp = staged.tmp.clone();
+        let file = staged._lock.try_clone().map_err(|e| io_err("open", &tmp, e))?;
+        let buffered = BufWriter::with_capacity(CHUNK, file);
+        let mut sink: Box<dyn FinishWrite> = match staged.written.codec {
+            Codec::Raw => Box::new(buffered),
+            Codec::Zstd => {
+                let mut enc =
+                    zstd::stream::write::Encoder::new(buffered, level).map_err(|e| io_err("compress", &tmp, e))?;
+                enc.window_log(WINDOW_LOG_MAX - 1)
+                    .map_err(|e| io_err("compress", &tmp, e))?;
+                Box::new(enc)
+            }
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut raw_size = first.len() as u64;
+        hasher.update(first);
+        sink.write_all(first).map_err(|e| io_err("write", &tmp, e))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StreamError::Source(e)),
+            };
+            hasher.update(&buf[..n]);
+            raw_size += n as u64;
+            sink.write_all(&buf[..n]).map_err(|e| io_err("write", &tmp, e))?;
+        }
+        sink.finish_write().map_err(|e| io_err("write", &tmp, e))?;
+        if self.sync {
+            staged._lock.sync_all().map_err(|e| io_err("sync", &tmp, e))?;
+        }
+        let hash = BlobHash(*hasher.finalize().as_bytes());
+        staged.written.hash = hash;
+        staged.written.raw_size = raw_size;
+        self.link_staged(&mut staged).map_err(StreamError::Store)?;
+        Ok(staged)
+    }
+
+    /// Puts a staged blob in place under its hash by hard-linking the
+    /// staging file (which stays, so this can be repeated). An existing
+    /// valid file for the hash is reused.
+    pub fn link_staged(&self, staged: &mut Staged) -> Result<()> {
+        let w = staged.written.clone();
+        let path = self.path_for(&w.hash);
+        let tmp_meta = fs::metadata(&staged.tmp).ctx("inspect", &staged.tmp)?;
+        let existed = self.existing_is_usable(&path, &w.hash, tmp_meta.len(), w.codec, w.raw_size)?;
+        if !existed {
+            self.ensure_fanout(&path)?;
+            match fs::hard_link(&staged.tmp, &path) {
+                Ok(()) => {}
+                // Someone else linked the same content first: equally good.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("link blob into", &path, e)),
+            }
+            self.sync_parent(&path)?;
+        }
+        let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        staged.written.stored_size = meta.len();
+        staged.written.disk_bytes = fsutil::disk_bytes(&meta);
+        staged.written.existed = existed;
+        Ok(())
+    }
+
+    /// Reads, decodes and verifies the blob file for `hash`.
+    pub fn read_file(&self, hash: &BlobHash, codec: Codec, raw_size: u64) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_for(hash);
+        let file = open_blob(&path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| BlobError::Io(Error::io("inspect", &path, e)))?
+            .len();
+        if len >= MMAP_MIN {
+            let map = crate::mmap::map_blob(&file).map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
+            return decode(&map, codec, raw_size, hash);
+        }
+        let mut stored = Vec::with_capacity(len as usize);
+        (&file)
+            .read_to_end(&mut stored)
+            .map_err(|e| BlobError::Io(Error::io("read", &path, e)))?;
+        decode(&stored, codec, raw_size, hash)
+    }
+
+    /// Opens the blob file for `hash` as a verifying stream.
+    pub fn open_reader(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<VerifyingReader, BlobError> {
+        let path = self.path_for(hash);
+        let file = open_blob(&path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| BlobError::Io(Error::io("inspect", &path, e)))?
+            .len();
+        let source: Box<dyn Read + Send> = if len == 0 {
+            Box::new(io::empty())
+        } else {
+            let map = crate::mmap::map_blob(&file).map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
+            Box::new(Cursor::new(map))
+        };
+        let inner: Box<dyn Read + Send> = match codec {
+            Codec::Raw => source,
+            Codec::Zstd => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(CHUNK, source))
+                    .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
+                d.window_log_max(WINDOW_LOG_MAX)
+                    .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
+                Box::new(d)
+            }
+        };
+        Ok(VerifyingReader::new(inner, *hash, raw_size))
+    }
+
+    /// Removes the damaged file for `hash`, so a later put writes a fresh
+    /// copy instead of reusing it. (Should a concurrent put have replaced
+    /// it with a good copy in the same instant, that copy goes too: a later
+    /// read is then a miss, never wrong bytes.)
+    pub fn discard_corrupt(&self, hash: &BlobHash) {
+        let path = self.path_for(hash);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("could not remove corrupt blob {}: {e}", path.display());
+        }
+    }
+
+    /// Removes staging files in `tmp/` whose writer is gone (unlocked) and
+    /// whose last write is older than `min_age`. Returns how many went.
+    pub fn clean_staging(&self, min_age: std::time::Duration) -> Result<usize> {
+        let mut removed = 0;
+        let entries = match fs::read_dir(&self.tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("list", &self.tmp, e)),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if staging_is_abandoned(&path, min_age) && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Every file under `blobs/` with the hash its path names, or `None` for
+/// anything that is not a blob (foreign files, symlinks, odd names).
+pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, Option<BlobHash>)>> {
+    let mut out = Vec::new();
+    let fanouts = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("list", root, e)),
+    };
+    for fanout in fanouts {
+        let fanout = fanout.ctx("list", root)?;
+        let dir = fanout.path();
+        let is_dir = fanout.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir {
+            out.push((dir, None));
+            continue;
+        }
+        for entry in fs::read_dir(&dir).ctx("list", &dir)? {
+            let entry = entry.ctx("list", &dir)?;
+            let path = entry.path();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            let hash = if is_file { hash_of_path(&path) } else { None };
+            out.push((path, hash));
+        }
+    }
+    Ok(out)
+}
+
+/// The hash a blob path names (`…/ab/<62 hex>`), if it is one.
+pub(crate) fn hash_of_path(path: &Path) -> Option<BlobHash> {
+    let name = path.file_name()?.to_str()?;
+    let dir = path.parent()?.file_name()?.to_str()?;
+    if dir.len() != 2 || name.len() != 62 {
+        return None;
+    }
+    let h = BlobHash::from_hex(&format!("{dir}{name}"))?;
+    // Only lower-case hex is ours.
+    (h.to_hex() == format!("{dir}{name}")).then_some(h)
+}
+
+fn staging_is_abandoned(path: &Path, min_age: std::time::Duration) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() {
+        // A symlink or directory does not belong in tmp/; unlinking a link
+        // is safe, directories are left for a human.
+        return meta.file_type().is_symlink();
+    }
+    let old_enough = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= min_age);
+    if !old_enough {
+        return false;
+    }
+    // A live writer holds the lock; try_lock succeeds only when it is gone.
+    match fsutil::open_rw(path) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn remove_foreign(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    if meta.is_dir() {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "a directory sits where a blob file belongs; remove it".into(),
+        });
+    }
+    fs::remove_file(path).ctx("remove foreign file", path)
+}
+
+fn open_blob(path: &Path) -> Result<File, BlobError> {
+    match fsutil::open_read(path) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Missing),
+        // O_NOFOLLOW on a symlink: ELOOP. A planted link is not our blob.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(BlobError::Corrupt("blob path is a symbolic link".into()))
+        }
+        Err(e) => Err(BlobError::Io(Error::io("open", path, e))),
+    }
+}
+
+/// Failure of a streaming write: the source reader or the store.
+pub(crate) enum StreamError {
+    Source(io::Error),
+    Store(Error),
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> StreamError {
+    StreamError::Store(Error::io(op, path, e))
+}
+
+/// A writer that must be finished explicitly (zstd encoder or plain buffer).
+trait FinishWrite: Write {
+    fn finish_write(self: Box<Self>) -> io::Result<()>;
+}
+
+impl FinishWrite for BufWriter<File> {
+    fn finish_write(mut self: Box<Self>) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl FinishWrite for zstd::stream::write::Encoder<'static, BufWriter<File>> {
+    fn finish_write(self: Box<Self>) -> io::Result<()> {
+        let mut inner = (*self).finish()?;
+        inner.flush()
+    }
+}
+
+/// Streams a blob's raw bytes, hashing them as they pass. At the end of the
+/// stream the hash and length are compared with the expected ones; on a
+/// mismatch the final `read` fails with `InvalidData` (and the `on_corrupt`
+/// hook runs), so a reader that reads to the end never mistakes damaged
+/// bytes for the payload.
+pub struct VerifyingReader {
+    inner: Box<dyn Read + Send>,
+    hasher: blake3::Hasher,
+    expected: BlobHash,
+    expected_len: u64,
+    seen: u64,
+    verified: bool,
+    on_corrupt: Option<Box<dyn FnOnce(&str) + Send>>,
+}
+
+impl fmt::Debug for VerifyingReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingReader")
+            .field("expected", &self.expected)
+            .field("expected_len", &self.expected_len)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl VerifyingReader {
+    pub(crate) fn new(inner: Box<dyn Read + Send>, expected: BlobHash, expected_len: u64) -> Self {
+        VerifyingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            expected,
+            expected_len,
+            seen: 0,
+            verified: false,
+            on_corrupt: None,
+        }
+    }
+
+    /// Sets the hook that runs once when corruption is detected.
+    pub(crate) fn on_corrupt(mut self, f: impl FnOnce(&str) + Send + 'static) -> Self {
+        self.on_corrupt = Some(Box::new(f));
+        self
+    }
+
+    /// Raw size the stream will deliver.
+    pub fn len(&self) -> u64 {
+        self.expected_len
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.expected_len == 0
+    }
+
+    fn corrupt(&mut self, why: String) -> io::Error {
+        if let Some(f) = self.on_corrupt.take() {
+            f(&why);
+        }
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("blob {} is corrupt: {why}", self.expected),
+        )
+    }
+}
+
+impl Read for VerifyingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.verified || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.corrupt(e.to_string())),
+        };
+        if n > 0 {
+            self.seen += n as u64;
+            if self.seen > self.expected_len {
+                return Err(self.corrupt("longer than recorded".into()));
+            }
+            self.hasher.update(&buf[..n]);
+            return Ok(n);
+        }
+        if self.seen != self.expected_len {
+            let why = format!("ended after {} of {} bytes", self.seen, self.expected_len);
+            return Err(self.corrupt(why));
+        }
+        if BlobHash(*self.hasher.finalize().as_bytes()) != self.expected {
+            return Err(self.corrupt("content does not match its hash".into()));
+        }
+        self.verified = true;
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compress_refuses_incompressible() {
+        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let json = br#"{"id":1,"title":"x","genres":["a","b"],"overview":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#.repeat(20);
+        assert!(compress(&json, 3).is_some());
+        let packed = compress(&noise, 3);
+        assert!(packed.is_none_or(|p| p.len() < noise.len()));
+        assert!(compress(b"", 3).is_none());
+    }
+
+    #[test]
+    fn decode_checks_hash_and_length() {
+        let raw = b"hello hello hello hello hello hello".to_vec();
+        let h = BlobHash::of(&raw);
+        let z = compress(&raw, 3).unwrap();
+        assert_eq!(decode(&z, Codec::Zstd, raw.len() as u64, &h).unwrap(), raw);
+        assert!(matches!(decode(&z, Codec::Zstd, raw.len() as u64 + 1, &h), Err(BlobError::Corrupt(_))));
+        let other = BlobHash::of(b"nope");
+        assert!(matches!(decode(&raw, Codec::Raw, raw.len() as u64, &other), Err(BlobError::Corrupt(_))));
+        // A claimed size that cannot be allocated is corruption, not an abort.
+        assert!(decode(&z, Codec::Zstd, u64::MAX, &h).is_err());
+    }
+
+    #[test]
+    fn verifying_reader_rejects_wrong_bytes() {
+        let raw = b"payload".to_vec();
+        let mut r = VerifyingReader::new(Box::new(Cursor::new(b"paylaod".to_vec())), BlobHash::of(&raw), 7);
+        let mut out = Vec::new();
+        assert_eq!(r.read_to_end(&mut out).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let mut ok = VerifyingReader::new(Box::new(Cursor::new(raw.clone())), BlobHash::of(&raw), 7);
+        out.clear();
+        ok.read_to_end(&mut out).unwrap();
+        assert_eq!(out, raw);
+    }
+}

@@ -1,0 +1,49 @@
+//! # blobcache
+//!
+//! A persistent, content-addressed cache for upstream responses and large
+//! snapshots. Payloads are stored once per distinct content (named by the
+//! blake3 hash of their bytes), zstd-compressed, small ones inline in a sled
+//! index and large ones as files; the index maps `(backend, signature)` to
+//! the blob with a TTL and the response's metadata.
+//!
+//! ```
+//! use blobcache::{PutOptions, Store, StoreOptions};
+//! use std::time::Duration;
+//!
+//! # fn main() -> blobcache::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path(), StoreOptions::default())?;
+//! store.put("anilist", "anime/1", b"{\"id\":1}", &PutOptions::new().ttl(Duration::from_secs(3600)))?;
+//! assert_eq!(store.get("anilist", "anime/1")?.unwrap().data, b"{\"id\":1}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See `DESIGN.md` for the on-disk layout and the guarantees, and
+//! [`Store`] for the API.
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+mod blobs;
+mod clock;
+mod error;
+mod fsutil;
+mod index;
+mod journal;
+pub mod key;
+mod layout;
+mod mmap;
+mod options;
+mod record;
+mod store;
+mod verify;
+
+pub use blobs::{BlobHash, VerifyingReader};
+pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
+pub use error::{Error, Result};
+pub use key::{Category, TtlPolicy};
+pub use layout::FORMAT_VERSION;
+pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, StoreOptions};
+pub use store::{BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store};
+pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport};

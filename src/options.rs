@@ -1,0 +1,215 @@
+//! Options for opening a store and for writing entries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::key::{Category, TtlPolicy};
+
+/// When a write counts as done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged once the operating system has the data: survives the
+    /// process being killed (`kill -9`), not a power loss in the next few
+    /// seconds.
+    #[default]
+    Buffered,
+    /// Blob files, their directories and the index journal are fsynced
+    /// before a write returns: survives power loss, at the cost of a few
+    /// milliseconds per write.
+    Synced,
+}
+
+/// Options for [`crate::Store::open`], built with setters:
+///
+/// ```
+/// use blobcache::{Durability, StoreOptions};
+///
+/// let opts = StoreOptions::default()
+///     .compression_level(9)
+///     .durability(Durability::Synced)
+///     .drop_header("X-Api-Key");
+/// assert_eq!(opts.get_compression_level(), 9);
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub(crate) compression_level: i32,
+    pub(crate) durability: Durability,
+    pub(crate) cache_capacity: u64,
+    pub(crate) inline_threshold: usize,
+    pub(crate) ttl: TtlPolicy,
+    pub(crate) drop_headers: Vec<String>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) flush_interval: Duration,
+    pub(crate) staging_grace: Duration,
+}
+
+/// Blobs whose stored (compressed) size is at most this many bytes live in
+/// the index by default rather than as files.
+pub const DEFAULT_INLINE_THRESHOLD: usize = 16 * 1024;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            compression_level: 3,
+            durability: Durability::Buffered,
+            cache_capacity: 64 * 1024 * 1024,
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            ttl: TtlPolicy::default(),
+            drop_headers: Vec::new(),
+            clock: Arc::new(SystemClock),
+            flush_interval: Duration::from_millis(1000),
+            staging_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// zstd level for new blobs, clamped to `-7..=19` (default 3).
+    pub fn compression_level(mut self, level: i32) -> Self {
+        self.compression_level = level.clamp(crate::blobs::MIN_LEVEL, crate::blobs::MAX_LEVEL);
+        self
+    }
+
+    /// The configured compression level.
+    pub fn get_compression_level(&self) -> i32 {
+        self.compression_level
+    }
+
+    /// When writes are acknowledged (default [`Durability::Buffered`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Memory sled may use for its page cache, in bytes (default 64 MiB).
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Blobs whose stored size is at most this many bytes are kept inline
+    /// in the index instead of as files (default 16 KiB).
+    pub fn inline_threshold(mut self, bytes: usize) -> Self {
+        self.inline_threshold = bytes;
+        self
+    }
+
+    /// The TTL table used when a put names a category but no TTL.
+    pub fn ttl_policy(mut self, policy: TtlPolicy) -> Self {
+        self.ttl = policy;
+        self
+    }
+
+    /// Overrides the default TTL of one category.
+    pub fn category_ttl(mut self, category: Category, ttl: Duration) -> Self {
+        self.ttl = self.ttl.with(category, ttl);
+        self
+    }
+
+    /// A response header never to store (compared case-insensitively), in
+    /// addition to Authorization, Cookie, Set-Cookie and Proxy-Authorization.
+    pub fn drop_header(mut self, name: impl Into<String>) -> Self {
+        self.drop_headers.push(name.into());
+        self
+    }
+
+    /// The clock used for TTLs and timestamps (default: system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often the index is flushed to disk and its journal trimmed
+    /// (default 1 s). Acknowledged writes are safe in the journal between
+    /// flushes; this bounds how much is replayed after a crash.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Staging files in `tmp/` left by a dead writer are removed once they
+    /// are this old (default 60 s).
+    pub fn staging_grace(mut self, grace: Duration) -> Self {
+        self.staging_grace = grace;
+        self
+    }
+}
+
+/// Options for one write.
+///
+/// ```
+/// use blobcache::{Category, PutOptions};
+/// use std::time::Duration;
+///
+/// let opts = PutOptions::new()
+///     .category(Category::List)
+///     .header("Content-Type", "application/json")
+///     .header("ETag", "\"abc\"");
+/// let dump = PutOptions::new().category(Category::OfflineDump).pinned(true);
+/// let short = PutOptions::new().ttl(Duration::from_secs(90));
+/// # let _ = (opts, dump, short);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) category: Category,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) fetched_at: Option<u64>,
+    pub(crate) pinned: bool,
+}
+
+impl PutOptions {
+    /// Defaults: category metadata, TTL from the store's policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An explicit TTL, overriding the category's.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The category (picks the TTL when none is given).
+    pub fn category(mut self, category: Category) -> Self {
+        self.category = category;
+        self
+    }
+
+    /// Adds a response header to keep with the payload. Secret-bearing
+    /// headers are dropped at put time.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds several headers.
+    pub fn headers<N: Into<String>, V: Into<String>>(
+        mut self,
+        headers: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
+        self.headers
+            .extend(headers.into_iter().map(|(n, v)| (n.into(), v.into())));
+        self
+    }
+
+    /// The payload's content type.
+    pub fn content_type(mut self, ct: impl Into<String>) -> Self {
+        self.content_type = Some(ct.into());
+        self
+    }
+
+    /// When the upstream produced the payload (ms since epoch; default now).
+    pub fn fetched_at(mut self, ms: u64) -> Self {
+        self.fetched_at = Some(ms);
+        self
+    }
+
+    /// Pinned entries are never evicted to honour a size cap.
+    pub fn pinned(mut self, pinned: bool) -> Self {
+        self.pinned = pinned;
+        self
+    }
+}

@@ -1,0 +1,910 @@
+//! The public API: [`Store`].
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+
+use crate::blobs::{self, BlobError, BlobHash, Blobs, Staged, StreamError, VerifyingReader};
+use crate::clock::add_ms;
+use crate::error::{Error, Result};
+use crate::index::{Access, CounterValues, Index, IndexConfig, Lookup, Op, Outcome};
+use crate::key::{self, Category};
+use crate::layout::Layout;
+use crate::options::{Durability, PutOptions, StoreOptions};
+use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
+use crate::verify::{VerifyOptions, VerifyReport};
+
+/// How many times a put retries while the sweeper is deleting its blob.
+const PUT_ATTEMPTS: u32 = 50;
+/// Payloads read by `put_reader` are buffered up to this size; larger ones
+/// are streamed to a staging file.
+const STREAM_MIN: usize = 8 * 1024 * 1024;
+/// Page size of list and clear scans.
+const PAGE: usize = 1000;
+
+/// A persistent, content-addressed cache in one directory.
+///
+/// `Store` is a cheap handle (an `Arc` inside): clone it freely and use it
+/// from many threads; it is `Send + Sync`.
+///
+/// ```
+/// use blobcache::{Category, PutOptions, Store, StoreOptions};
+///
+/// # fn main() -> blobcache::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path(), StoreOptions::default())?;
+///
+/// let body = br#"{"id":603,"title":"The Matrix"}"#;
+/// let opts = PutOptions::new()
+///     .category(Category::Metadata)
+///     .header("Content-Type", "application/json")
+///     .header("Authorization", "Bearer secret"); // never stored
+/// store.put("tmdb", "movie/603", body, &opts)?;
+///
+/// let hit = store.get("tmdb", "movie/603")?.expect("fresh entry");
+/// assert_eq!(hit.data, body);
+/// assert_eq!(hit.meta.headers, vec![("Content-Type".to_string(), "application/json".to_string())]);
+/// assert!(store.get("tmdb", "movie/604")?.is_none());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    layout: Layout,
+    opts: StoreOptions,
+    blobs: Blobs,
+    index: Arc<Index>,
+    _owner_lock: File,
+}
+
+/// What a put stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutReport {
+    /// blake3 of the payload: the blob's name.
+    pub hash: BlobHash,
+    /// Payload size.
+    pub raw_size: u64,
+    /// Size of the stored blob (compressed unless `compressed` is false).
+    pub stored_size: u64,
+    /// The blob is zstd-compressed (false: compression did not help).
+    pub compressed: bool,
+    /// The blob lives in the index rather than as a file.
+    pub inline: bool,
+    /// The blob already existed; no new blob was written.
+    pub deduplicated: bool,
+    /// Expiry time (ms since epoch).
+    pub expires_at: u64,
+}
+
+/// Everything known about an entry besides its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Backend name.
+    pub backend: String,
+    /// Signature bytes.
+    pub signature: Vec<u8>,
+    /// blake3 of the payload.
+    pub hash: BlobHash,
+    /// Payload size.
+    pub raw_size: u64,
+    /// Stored blob size.
+    pub stored_size: u64,
+    /// The blob is zstd-compressed.
+    pub compressed: bool,
+    /// The blob lives in the index.
+    pub inline: bool,
+    /// When the entry was written (ms since epoch).
+    pub created_at: u64,
+    /// When the upstream produced the payload (ms since epoch).
+    pub fetched_at: u64,
+    /// When `get` stops serving the entry (ms since epoch).
+    pub expires_at: u64,
+    /// The entry's category.
+    pub category: Category,
+    /// Content type, when given at put.
+    pub content_type: Option<String>,
+    /// Response headers, in order, secrets removed.
+    pub headers: Vec<(String, String)>,
+    /// Hits served (updated in batches, so it may lag by a second).
+    pub hits: u64,
+    /// Last access (ms since epoch; batched like `hits`).
+    pub last_access: u64,
+    /// Exempt from size-cap eviction.
+    pub pinned: bool,
+}
+
+impl EntryMeta {
+    fn from_record(key: &[u8], r: &Record) -> EntryMeta {
+        let (backend, signature) = key::decode(key).unwrap_or_default();
+        EntryMeta {
+            backend,
+            signature,
+            hash: r.hash,
+            raw_size: r.raw_size,
+            stored_size: r.stored_size,
+            compressed: r.codec == Codec::Zstd,
+            inline: r.inline,
+            created_at: r.created_at,
+            fetched_at: r.fetched_at,
+            expires_at: r.expires_at,
+            category: Category::parse(&r.category),
+            content_type: r.content_type.clone(),
+            headers: r.headers.clone(),
+            hits: r.hits,
+            last_access: r.last_access,
+            pinned: r.pinned,
+        }
+    }
+
+    /// The signature as text (lossy for non-UTF-8 signatures).
+    pub fn signature_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.signature)
+    }
+
+    /// True when the entry is expired at `now_ms`.
+    pub fn is_expired_at(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_at
+    }
+}
+
+/// A cache hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The payload, verified against its hash.
+    pub data: Vec<u8>,
+    /// The entry's metadata.
+    pub meta: EntryMeta,
+    /// The entry is expired (only [`Store::get_stale`] returns such hits).
+    pub stale: bool,
+}
+
+/// A streamed hit: the payload as a [`Read`] that verifies the content
+/// hash as it goes. Read it to the end: if the blob turns out to be
+/// damaged, the final `read` returns an `InvalidData` error (and the entry
+/// is dropped from the index) instead of end-of-file.
+#[derive(Debug)]
+pub struct EntryReader {
+    /// The entry's metadata.
+    pub meta: EntryMeta,
+    /// The entry is expired.
+    pub stale: bool,
+    reader: VerifyingReader,
+}
+
+impl Read for EntryReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+/// Which entries a list or clear applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Every entry.
+    All,
+    /// Every entry of a backend.
+    Backend(String),
+    /// Entries of a backend whose signature starts with the bytes given.
+    Prefix(String, Vec<u8>),
+}
+
+impl Selector {
+    /// Every entry of `backend`.
+    pub fn backend(backend: impl Into<String>) -> Selector {
+        Selector::Backend(backend.into())
+    }
+
+    /// Entries of `backend` whose signature starts with `prefix`.
+    pub fn prefix(backend: impl Into<String>, prefix: impl AsRef<[u8]>) -> Selector {
+        Selector::Prefix(backend.into(), prefix.as_ref().to_vec())
+    }
+
+    fn key_prefix(&self) -> Result<Vec<u8>> {
+        match self {
+            Selector::All => Ok(Vec::new()),
+            Selector::Backend(b) => key::prefix(b, b""),
+            Selector::Prefix(b, p) => key::prefix(b, p),
+        }
+    }
+}
+
+/// Counts and sizes of the whole cache.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries, live and expired.
+    pub entries: u64,
+    /// Entries not yet expired.
+    pub live: u64,
+    /// Expired entries still kept (readable with `get_stale`).
+    pub expired: u64,
+    /// Distinct blobs (including orphans awaiting GC).
+    pub blobs: u64,
+    /// Sum of the entries' payload sizes (what the cache holds logically).
+    pub raw_bytes: u64,
+    /// Bytes the blobs occupy: allocated blocks of blob files plus inline
+    /// blob bytes.
+    pub blob_bytes: u64,
+    /// Bytes the index database occupies on disk.
+    pub index_bytes: u64,
+    /// Live hits served.
+    pub hits: u64,
+    /// Misses.
+    pub misses: u64,
+    /// Expired entries served by `get_stale`.
+    pub stale_hits: u64,
+    /// Puts acknowledged.
+    pub puts: u64,
+    /// Entries dropped because their blob was missing or corrupt.
+    pub corrupt: u64,
+    /// Times a damaged index was replaced by an empty one.
+    pub index_resets: u64,
+    /// Per-backend counts, sorted by name.
+    pub backends: Vec<BackendStats>,
+}
+
+impl Stats {
+    /// Total bytes on disk: blobs plus index.
+    pub fn disk_bytes(&self) -> u64 {
+        self.blob_bytes + self.index_bytes
+    }
+
+    /// Hits / (hits + misses), or `None` before the first lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.hits + self.misses;
+        (total > 0).then(|| self.hits as f64 / total as f64)
+    }
+}
+
+/// Counts of one backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Backend name.
+    pub name: String,
+    /// Its entries.
+    pub entries: u64,
+    /// Sum of their payload sizes.
+    pub raw_bytes: u64,
+}
+
+/// How a put gets its blob into place; see `Store::commit_put`.
+enum Source<'a> {
+    /// The payload is in memory.
+    Bytes {
+        payload: &'a [u8],
+        encoded: Option<(Codec, Vec<u8>)>,
+    },
+    /// The payload was streamed into a staging file.
+    Staged(Staged),
+}
+
+impl Store {
+    /// Opens the cache in `dir`, creating it if needed.
+    ///
+    /// Creates the layout (0700 directories, 0600 files), writes or checks
+    /// `VERSION` (a newer format is refused), takes `locks/owner.lock`,
+    /// opens or repairs the index and replays its journal, and removes
+    /// staging files left by dead writers. If another process holds the
+    /// cache, returns [`Error::Locked`].
+    pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let layout = Layout::new(dir.as_ref());
+        layout.prepare()?;
+        layout.warn_if_network_fs();
+        let Some(lock) = layout.try_lock("owner.lock")? else {
+            return Err(Error::Locked {
+                path: layout.root.clone(),
+            });
+        };
+        let sync = opts.durability == Durability::Synced;
+        let blobs = Blobs::new(layout.blobs.clone(), layout.tmp.clone(), sync);
+        let removed = blobs.clean_staging(opts.staging_grace)?;
+        if removed > 0 {
+            log::info!("removed {removed} abandoned staging files");
+        }
+        let cfg = IndexConfig {
+            cache_capacity: opts.cache_capacity,
+            flush_interval: opts.flush_interval,
+            sync,
+        };
+        let (index, _reset) = Index::open(&layout.index, &layout.journal, &cfg)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                layout,
+                opts,
+                blobs,
+                index,
+                _owner_lock: lock,
+            }),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.opts.clock.now_ms()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut CounterValues)) {
+        let mut d = CounterValues::default();
+        f(&mut d);
+        self.inner.index.count(&d);
+    }
+
+    /// Stores `payload` under `(backend, signature)`, replacing what was
+    /// there. Identical payloads share one blob.
+    pub fn put(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+        payload: &[u8],
+        opts: &PutOptions,
+    ) -> Result<PutReport> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let source = Source::Bytes {
+            payload,
+            encoded: None,
+        };
+        self.commit_put(&key, source, BlobHash::of(payload), payload.len() as u64, opts)
+    }
+
+    /// Stores a payload read from `src`, in bounded memory: payloads over a
+    /// few MiB are hashed and compressed as they stream into a staging file.
+    pub fn put_reader(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+        mut src: impl Read,
+        opts: &PutOptions,
+    ) -> Result<PutReport> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let mut first = Vec::new();
+        (&mut src)
+            .take(STREAM_MIN as u64)
+            .read_to_end(&mut first)
+            .map_err(|e| source_error(&key, e))?;
+        if first.len() < STREAM_MIN {
+            return self.put(backend, signature, &first, opts);
+        }
+        let codec = choose_stream_codec(&first, self.inner.opts.compression_level);
+        let staged = self
+            .inner
+            .blobs
+            .write_stream(&first, &mut src, codec, self.inner.opts.compression_level)
+            .map_err(|e| match e {
+                StreamError::Source(e) => source_error(&key, e),
+                StreamError::Store(e) => e,
+            })?;
+        let (hash, raw) = (staged.written.hash, staged.written.raw_size);
+        self.commit_put(&key, Source::Staged(staged), hash, raw, opts)
+    }
+
+    /// Gets the blob into place and inserts the record, retrying while the
+    /// sweeper is deleting the same blob.
+    fn commit_put(
+        &self,
+        key: &[u8],
+        mut source: Source<'_>,
+        hash: BlobHash,
+        raw_size: u64,
+        opts: &PutOptions,
+    ) -> Result<PutReport> {
+        let now = self.now();
+        let mut gone_seen = None;
+        let mut reuse_known = true;
+        for attempt in 0..PUT_ATTEMPTS {
+            let (blob, inline, existed) = self.place_blob(&mut source, &hash, raw_size, now, reuse_known)?;
+            let record = self.new_record(&hash, &blob, opts, now);
+            let expires_at = record.expires_at;
+            let op = Op::Put {
+                key: ByteBuf::from(key.to_vec()),
+                record,
+                blob: blob.clone(),
+                inline: inline.map(ByteBuf::from),
+                gone_seen,
+            };
+            match self.inner.index.apply(&op)? {
+                Outcome::Retry { gone_since, .. } => {
+                    reuse_known = false;
+                    match gone_since {
+                        Some(since) => gone_seen = Some(since),
+                        None => std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt))),
+                    }
+                }
+                _ => {
+                    self.count(|c| c.puts = 1);
+                    return Ok(PutReport {
+                        hash,
+                        raw_size,
+                        stored_size: blob.stored_size,
+                        compressed: blob.codec == Codec::Zstd,
+                        inline: blob.inline,
+                        deduplicated: existed,
+                        expires_at,
+                    });
+                }
+            }
+        }
+        Err(Error::Busy {
+            hash: hash.to_hex(),
+            attempts: PUT_ATTEMPTS,
+        })
+    }
+
+    /// Makes sure the blob is stored (file in place, or inline bytes ready)
+    /// and returns its info, the inline bytes to send, and whether it
+    /// already existed.
+    fn place_blob(
+        &self,
+        source: &mut Source<'_>,
+        hash: &BlobHash,
+        raw_size: u64,
+        now: u64,
+        reuse_known: bool,
+    ) -> Result<(BlobInfo, Option<Vec<u8>>, bool)> {
+        let template = |codec, inline, stored_size, disk_bytes| BlobInfo {
+            version: RECORD_VERSION,
+            refs: 1,
+            state: BlobState::Live,
+            codec,
+            inline,
+            raw_size,
+            stored_size,
+            disk_bytes,
+            since: now,
+        };
+        if reuse_known && let Some(info) = self.reusable_blob(hash)? {
+            return Ok((info, None, true));
+        }
+        match source {
+            Source::Staged(staged) => {
+                self.inner.blobs.link_staged(staged)?;
+                let w = &staged.written;
+                Ok((template(w.codec, false, w.stored_size, w.disk_bytes), None, w.existed))
+            }
+            Source::Bytes { payload, encoded } => {
+                let level = self.inner.opts.compression_level;
+                let (codec, stored) = encoded.get_or_insert_with(|| match blobs::compress(payload, level) {
+                    Some(z) => (Codec::Zstd, z),
+                    None => (Codec::Raw, payload.to_vec()),
+                });
+                if stored.len() <= self.inner.opts.inline_threshold {
+                    let n = stored.len() as u64;
+                    return Ok((template(*codec, true, n, n), Some(stored.clone()), false));
+                }
+                let w = self.inner.blobs.ensure_file(hash, stored, *codec, raw_size)?;
+                Ok((template(w.codec, false, w.stored_size, w.disk_bytes), None, w.existed))
+            }
+        }
+    }
+
+    /// The index's info on `hash` if the blob can be reused as it is, so a
+    /// duplicate payload is neither compressed nor written again.
+    fn reusable_blob(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
+        let Some(info) = self.inner.index.blob_info(hash)? else {
+            return Ok(None);
+        };
+        if info.state != BlobState::Live {
+            return Ok(None);
+        }
+        if info.inline {
+            return Ok(Some(info));
+        }
+        let path = self.inner.blobs.path_for(hash);
+        let on_disk = std::fs::symlink_metadata(&path).ok();
+        let intact = on_disk.is_some_and(|m| m.is_file() && m.len() == info.stored_size);
+        if intact && crate::fsutil::touch(&path).is_ok() {
+            return Ok(Some(info));
+        }
+        Ok(None)
+    }
+
+    fn new_record(&self, hash: &BlobHash, blob: &BlobInfo, opts: &PutOptions, now: u64) -> Record {
+        let ttl = opts
+            .ttl
+            .unwrap_or_else(|| self.inner.opts.ttl.ttl_for(&opts.category));
+        Record {
+            version: RECORD_VERSION,
+            hash: *hash,
+            codec: blob.codec,
+            inline: blob.inline,
+            raw_size: blob.raw_size,
+            stored_size: blob.stored_size,
+            created_at: now,
+            fetched_at: opts.fetched_at.unwrap_or(now),
+            expires_at: add_ms(now, ttl),
+            category: opts.category.as_str().to_string(),
+            content_type: opts.content_type.clone(),
+            headers: record::redact_headers(&opts.headers, &self.inner.opts.drop_headers),
+            hits: 0,
+            last_access: now,
+            pinned: opts.pinned,
+        }
+    }
+
+    /// The live entry at `(backend, signature)`, or `None` if it is absent,
+    /// expired, or its blob is missing or damaged (such an entry is dropped
+    /// and the event logged and counted).
+    pub fn get(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<Hit>> {
+        self.read(backend, signature.as_ref(), false)
+    }
+
+    /// Like [`Store::get`], but also returns an expired entry (flagged
+    /// `stale`) as long as GC has not removed it: for serving something when
+    /// the upstream is down.
+    pub fn get_stale(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<Hit>> {
+        self.read(backend, signature.as_ref(), true)
+    }
+
+    fn read(&self, backend: &str, signature: &[u8], allow_stale: bool) -> Result<Option<Hit>> {
+        let key = key::encode(backend, signature)?;
+        let now = self.now();
+        let Some((lookup, stale)) = self.lookup_live(&key, now, allow_stale)? else {
+            return Ok(None);
+        };
+        let Lookup { record, inline } = lookup;
+        let data = match &inline {
+            Some(stored) => blobs::decode(stored, record.codec, record.raw_size, &record.hash),
+            None if record.inline => Err(BlobError::Missing),
+            None => self
+                .inner
+                .blobs
+                .read_file(&record.hash, record.codec, record.raw_size),
+        };
+        match data {
+            Ok(data) => {
+                self.note_hit(&key, now, stale);
+                Ok(Some(Hit {
+                    data,
+                    meta: EntryMeta::from_record(&key, &record),
+                    stale,
+                }))
+            }
+            Err(BlobError::Io(e)) => Err(e),
+            Err(BlobError::Missing) => {
+                self.heal(&key, &record, "its blob is missing");
+                Ok(None)
+            }
+            Err(BlobError::Corrupt(why)) => {
+                self.heal(&key, &record, &why);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Looks the key up and applies expiry; counts a miss when there is
+    /// nothing to serve.
+    fn lookup_live(&self, key: &[u8], now: u64, allow_stale: bool) -> Result<Option<(Lookup, bool)>> {
+        let found = self.inner.index.lookup(key)?;
+        let Some(lookup) = found else {
+            self.count(|c| c.misses = 1);
+            return Ok(None);
+        };
+        let stale = now >= lookup.record.expires_at;
+        if stale && !allow_stale {
+            self.count(|c| c.misses = 1);
+            return Ok(None);
+        }
+        Ok(Some((lookup, stale)))
+    }
+
+    fn note_hit(&self, key: &[u8], now: u64, stale: bool) {
+        self.count(|c| {
+            if stale {
+                c.stale_hits = 1;
+            } else {
+                c.hits = 1;
+            }
+        });
+        self.inner
+            .index
+            .record_access([(key.to_vec(), Access { hits: 1, last: now })]);
+    }
+
+    /// Drops an entry whose blob is missing or damaged, so the cache heals
+    /// itself; the next put of the same payload writes a fresh blob.
+    fn heal(&self, key: &[u8], record: &Record, why: &str) {
+        log::warn!(
+            "entry {} dropped: blob {} is unusable ({why})",
+            key::display(key),
+            record.hash
+        );
+        self.count(|c| {
+            c.corrupt = 1;
+            c.misses = 1;
+        });
+        if !record.inline {
+            self.inner.blobs.discard_corrupt(&record.hash);
+        }
+        let op = Op::Delete {
+            key: ByteBuf::from(key.to_vec()),
+            hash: Some(record.hash),
+        };
+        if let Err(e) = self.inner.index.apply(&op) {
+            log::warn!("could not drop entry {}: {e}", key::display(key));
+        }
+    }
+
+    /// Streams the live entry's payload (see [`EntryReader`]); large blobs
+    /// are read through a memory map and never loaded whole.
+    pub fn get_reader(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryReader>> {
+        self.open_reader(backend, signature.as_ref(), false)
+    }
+
+    /// Like [`Store::get_reader`], but also serves an expired entry.
+    pub fn get_reader_stale(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryReader>> {
+        self.open_reader(backend, signature.as_ref(), true)
+    }
+
+    fn open_reader(&self, backend: &str, signature: &[u8], allow_stale: bool) -> Result<Option<EntryReader>> {
+        let key = key::encode(backend, signature)?;
+        let now = self.now();
+        let Some((Lookup { record, inline }, stale)) = self.lookup_live(&key, now, allow_stale)? else {
+            return Ok(None);
+        };
+        let opened = match inline {
+            Some(stored) => blobs::decode(&stored, record.codec, record.raw_size, &record.hash).map(|data| {
+                VerifyingReader::new(Box::new(std::io::Cursor::new(data)), record.hash, record.raw_size)
+            }),
+            None if record.inline => Err(BlobError::Missing),
+            None => self
+                .inner
+                .blobs
+                .open_reader(&record.hash, record.codec, record.raw_size),
+        };
+        let reader = match opened {
+            Ok(r) => r,
+            Err(BlobError::Io(e)) => return Err(e),
+            Err(BlobError::Missing) => {
+                self.heal(&key, &record, "its blob is missing");
+                return Ok(None);
+            }
+            Err(BlobError::Corrupt(why)) => {
+                self.heal(&key, &record, &why);
+                return Ok(None);
+            }
+        };
+        let healer = self.clone();
+        let (hkey, hrec) = (key.clone(), record.clone());
+        let reader = reader.on_corrupt(move |why| healer.heal(&hkey, &hrec, why));
+        self.note_hit(&key, now, stale);
+        Ok(Some(EntryReader {
+            meta: EntryMeta::from_record(&key, &record),
+            stale,
+            reader,
+        }))
+    }
+
+    /// The entry's metadata (live or expired) without reading its payload.
+    pub fn meta(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryMeta>> {
+        let key = key::encode(backend, signature.as_ref())?;
+        Ok(self
+            .inner
+            .index
+            .lookup(&key)?
+            .map(|l| EntryMeta::from_record(&key, &l.record)))
+    }
+
+    /// True when a live (unexpired) entry exists. Does not read the blob.
+    pub fn contains(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
+        let now = self.now();
+        Ok(self
+            .meta(backend, signature)?
+            .is_some_and(|m| !m.is_expired_at(now)))
+    }
+
+    /// Removes the entry; true if it existed. Its blob is freed when no
+    /// other entry uses it (files are reclaimed by GC).
+    pub fn delete(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let op = Op::Delete {
+            key: ByteBuf::from(key),
+            hash: None,
+        };
+        Ok(self.inner.index.apply(&op)? == Outcome::Applied(true))
+    }
+
+    /// Sets the entry to expire `ttl` from now (extending or shortening
+    /// it); true if it existed.
+    pub fn touch(&self, backend: &str, signature: impl AsRef<[u8]>, ttl: Duration) -> Result<bool> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let op = Op::Touch {
+            key: ByteBuf::from(key),
+            expires_at: add_ms(self.now(), ttl),
+        };
+        Ok(self.inner.index.apply(&op)? == Outcome::Applied(true))
+    }
+
+    /// The entries selected, in key order (backend, then signature),
+    /// fetched a page at a time. Expired entries are included; check
+    /// [`EntryMeta::is_expired_at`].
+    pub fn list(&self, selector: &Selector) -> Result<Entries> {
+        Ok(Entries {
+            store: self.clone(),
+            prefix: selector.key_prefix()?,
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    /// Removes the selected entries; returns how many.
+    pub fn clear(&self, selector: &Selector) -> Result<u64> {
+        let prefix = selector.key_prefix()?;
+        let mut removed = 0;
+        loop {
+            let page = self.inner.index.scan(&prefix, None, PAGE)?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let keys = page.into_iter().map(|(k, _)| ByteBuf::from(k)).collect();
+            if let Outcome::Count(n) = self.inner.index.apply(&Op::DeleteMany { keys })? {
+                removed += n;
+            }
+        }
+    }
+
+    /// Removes every expired entry now (without GC's grace period); returns
+    /// how many.
+    pub fn purge_expired(&self) -> Result<u64> {
+        let now = self.now();
+        let mut removed = 0;
+        loop {
+            let keys = self.inner.index.expired_keys(now, PAGE)?;
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            let keys = keys.into_iter().map(ByteBuf::from).collect();
+            match self.inner.index.apply(&Op::Expire { keys, before: now })? {
+                Outcome::Count(0) => return Ok(removed),
+                Outcome::Count(n) => removed += n,
+                _ => return Ok(removed),
+            }
+        }
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<Stats> {
+        let index = &self.inner.index;
+        let state = index.state()?;
+        let expired = index.count_expired(self.now())?.min(state.entries);
+        let c = index.counters();
+        let backends = index
+            .backends()?
+            .into_iter()
+            .map(|(name, t)| BackendStats {
+                name,
+                entries: t.entries,
+                raw_bytes: t.raw_bytes,
+            })
+            .collect();
+        Ok(Stats {
+            entries: state.entries,
+            live: state.entries - expired,
+            expired,
+            blobs: state.blobs,
+            raw_bytes: state.raw_bytes,
+            blob_bytes: state.blob_bytes,
+            index_bytes: index.disk_size(),
+            hits: c.hits,
+            misses: c.misses,
+            stale_hits: c.stale_hits,
+            puts: c.puts,
+            corrupt: c.corrupt,
+            index_resets: c.index_resets,
+            backends,
+        })
+    }
+
+    /// Makes everything written so far durable in the index now (it
+    /// otherwise happens every flush interval and on close).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.index.checkpoint()
+    }
+
+    /// Checks the whole cache for inconsistencies and, with
+    /// [`VerifyOptions::repair`], fixes them. Writes wait while the index
+    /// is snapshotted (and while it is repaired); reads go on.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use blobcache::{PutOptions, Store, StoreOptions, VerifyOptions};
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// store.put("b", "s", b"payload", &PutOptions::new())?;
+    /// let report = store.verify(VerifyOptions::new().full(true))?;
+    /// assert!(report.is_clean(), "{:?}", report.problems);
+    /// # Ok::<(), blobcache::Error>(())
+    /// ```
+    pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
+        crate::verify::verify(self, opts)
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    pub(crate) fn blob_store(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    pub(crate) fn layout_root(&self) -> PathBuf {
+        self.inner.layout.root.clone()
+    }
+}
+
+/// Iterator over listed entries (see [`Store::list`]).
+#[derive(Debug)]
+pub struct Entries {
+    store: Store,
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    page: std::vec::IntoIter<(Vec<u8>, std::result::Result<Record, String>)>,
+    done: bool,
+}
+
+impl Iterator for Entries {
+    type Item = Result<EntryMeta>;
+
+    fn next(&mut self) -> Option<Result<EntryMeta>> {
+        loop {
+            if let Some((k, rec)) = self.page.next() {
+                return Some(match rec {
+                    Ok(r) => Ok(EntryMeta::from_record(&k, &r)),
+                    Err(reason) => Err(Error::CorruptRecord {
+                        key: key::display(&k),
+                        reason,
+                    }),
+                });
+            }
+            if self.done {
+                return None;
+            }
+            let page = match self.store.inner.index.scan(&self.prefix, self.after.as_deref(), PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            if page.len() < PAGE {
+                self.done = true;
+            }
+            self.after = page.last().map(|(k, _)| k.clone());
+            if page.is_empty() {
+                return None;
+            }
+            self.page = page.into_iter();
+        }
+    }
+}
+
+fn source_error(key: &[u8], e: std::io::Error) -> Error {
+    Error::Source {
+        key: key::display(key),
+        source: e,
+    }
+}
+
+/// Picks raw storage for a stream whose first 128 KiB do not compress.
+fn choose_stream_codec(first: &[u8], level: i32) -> Codec {
+    let sample = &first[..first.len().min(blobs::CHUNK)];
+    match blobs::compress(sample, level) {
+        Some(z) if z.len() < sample.len() - sample.len() / 32 => Codec::Zstd,
+        _ => Codec::Raw,
+    }
+}

@@ -1,0 +1,391 @@
+//! Consistency checking and repair of a whole cache.
+//!
+//! `verify` checks every invariant that can be checked after the fact:
+//! each record decodes and its blob exists (and, in a full check, decodes to
+//! bytes matching its hash); each blob's refcount equals the number of
+//! entries using it; the expiry tree matches the records; the running
+//! totals match a recount; nothing foreign sits in `blobs/`.
+//! Orphan blob files (no entry) are counted, not reported: GC reclaims them.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+
+use serde_bytes::ByteBuf;
+
+use crate::blobs::{self, BlobError, BlobHash};
+use crate::error::Result;
+use crate::fsutil;
+use crate::index::{Op, Snapshot};
+use crate::key;
+use crate::record::{BlobInfo, BlobState, RECORD_VERSION, Record};
+use crate::store::Store;
+
+/// Options for [`Store::verify`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    pub(crate) full: bool,
+    pub(crate) repair: bool,
+}
+
+impl VerifyOptions {
+    /// A quick check: blobs must exist with the recorded size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also decode every blob and compare it with its hash (reads every
+    /// byte of the cache).
+    pub fn full(mut self, yes: bool) -> Self {
+        self.full = yes;
+        self
+    }
+
+    /// Fix what is found: drop entries whose blob is missing or damaged and
+    /// undecodable records, and rebuild refcounts, expiry order and totals.
+    pub fn repair(mut self, yes: bool) -> Self {
+        self.repair = yes;
+        self
+    }
+}
+
+/// What kind of inconsistency was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// An index record cannot be decoded.
+    UndecodableRecord,
+    /// An entry's blob does not exist.
+    MissingBlob,
+    /// An entry's blob exists but is damaged.
+    CorruptBlob,
+    /// An entry's blob is unknown to the refcount tree.
+    UnknownBlob,
+    /// A blob's refcount differs from the number of entries using it.
+    Refcount,
+    /// The expiry order does not match the records.
+    Expiry,
+    /// A running total differs from a recount.
+    Totals,
+    /// Something that is not a blob sits in `blobs/`.
+    ForeignFile,
+}
+
+impl ProblemKind {
+    /// Stable name (used in JSON output).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProblemKind::UndecodableRecord => "undecodable_record",
+            ProblemKind::MissingBlob => "missing_blob",
+            ProblemKind::CorruptBlob => "corrupt_blob",
+            ProblemKind::UnknownBlob => "unknown_blob",
+            ProblemKind::Refcount => "refcount",
+            ProblemKind::Expiry => "expiry",
+            ProblemKind::Totals => "totals",
+            ProblemKind::ForeignFile => "foreign_file",
+        }
+    }
+}
+
+/// One inconsistency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// The key (`backend/signature`), blob hash, total name or path.
+    pub subject: String,
+    /// What exactly is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.kind.as_str(), self.subject, self.detail)
+    }
+}
+
+/// The outcome of [`Store::verify`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub entries: u64,
+    /// Blobs known to the index.
+    pub blobs: u64,
+    /// Blob files found in `blobs/` with no index info (GC removes them).
+    pub orphan_files: u64,
+    /// Everything found wrong.
+    pub problems: Vec<Problem>,
+    /// Index keys changed by the repair (0 without `repair`).
+    pub repaired: u64,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, kind: ProblemKind, subject: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem {
+            kind,
+            subject: subject.into(),
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Checks (and optionally repairs) the cache behind `store`.
+pub(crate) fn verify(store: &Store, opts: VerifyOptions) -> Result<VerifyReport> {
+    let snap = store.index().snapshot()?;
+    let mut report = VerifyReport {
+        entries: snap.records.len() as u64,
+        ..VerifyReport::default()
+    };
+    let infos = decode_infos(&snap, &mut report);
+    report.blobs = infos.len() as u64;
+    let bad_entries = check_records(store, &snap, &infos, opts.full, &mut report);
+    check_refcounts(&snap, &infos, &mut report);
+    check_expiry(&snap, &mut report);
+    check_totals(&snap, &infos, &mut report);
+    check_files(store, &infos, &mut report)?;
+    if opts.repair && !report.is_clean() {
+        report.repaired = repair(store, &bad_entries)?;
+    }
+    Ok(report)
+}
+
+fn decode_infos(snap: &Snapshot, report: &mut VerifyReport) -> HashMap<BlobHash, BlobInfo> {
+    let mut infos = HashMap::new();
+    for (k, info) in &snap.blobs {
+        let hash = <[u8; 32]>::try_from(&k[..]).map(BlobHash);
+        match (hash, info) {
+            (Ok(h), Ok(info)) => {
+                infos.insert(h, info.clone());
+            }
+            (_, Err(e)) => report.problem(ProblemKind::Refcount, key::hex(k), format!("undecodable blob info: {e}")),
+            (Err(_), _) => report.problem(ProblemKind::Refcount, key::hex(k), "blob key is not a 32-byte hash"),
+        }
+    }
+    infos
+}
+
+/// Checks every record and its blob; returns the entries whose blob is
+/// missing or damaged, with the file blobs found damaged.
+fn check_records(
+    store: &Store,
+    snap: &Snapshot,
+    infos: &HashMap<BlobHash, BlobInfo>,
+    full: bool,
+    report: &mut VerifyReport,
+) -> Vec<(Vec<u8>, Record, bool)> {
+    let inline: HashSet<&[u8]> = snap.inline.iter().map(|k| k.as_slice()).collect();
+    let mut bad = Vec::new();
+    let mut verdicts: HashMap<BlobHash, Option<(ProblemKind, String)>> = HashMap::new();
+    for (k, rec) in &snap.records {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                report.problem(ProblemKind::UndecodableRecord, key::display(k), e.clone());
+                continue;
+            }
+        };
+        if !infos.contains_key(&rec.hash) {
+            report.problem(
+                ProblemKind::UnknownBlob,
+                key::display(k),
+                format!("blob {} has no refcount entry", rec.hash),
+            );
+        }
+        let verdict = verdicts
+            .entry(rec.hash)
+            .or_insert_with(|| check_blob(store, rec, infos.get(&rec.hash), &inline, full));
+        if let Some((kind, why)) = verdict {
+            report.problem(*kind, key::display(k), format!("blob {}: {why}", rec.hash));
+            bad.push((k.clone(), rec.clone(), *kind == ProblemKind::CorruptBlob));
+        }
+    }
+    bad
+}
+
+fn check_blob(
+    store: &Store,
+    rec: &Record,
+    info: Option<&BlobInfo>,
+    inline: &HashSet<&[u8]>,
+    full: bool,
+) -> Option<(ProblemKind, String)> {
+    if rec.inline {
+        if !inline.contains(&rec.hash.0[..]) {
+            return Some((ProblemKind::MissingBlob, "inline bytes are missing".into()));
+        }
+        if !full {
+            return None;
+        }
+        let bytes = match store.index().inline_bytes(&rec.hash) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Some((ProblemKind::MissingBlob, "inline bytes are missing".into())),
+            Err(e) => return Some((ProblemKind::CorruptBlob, e.to_string())),
+        };
+        return blobs::decode(&bytes, rec.codec, rec.raw_size, &rec.hash)
+            .err()
+            .map(blob_verdict);
+    }
+    let path = store.blob_store().path_for(&rec.hash);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(_) => return Some((ProblemKind::MissingBlob, format!("{} does not exist", path.display()))),
+    };
+    if !meta.is_file() {
+        return Some((ProblemKind::CorruptBlob, format!("{} is not a regular file", path.display())));
+    }
+    let expected = info.map_or(rec.stored_size, |i| i.stored_size);
+    if meta.len() != expected {
+        return Some((
+            ProblemKind::CorruptBlob,
+            format!("{} is {} bytes, expected {expected}", path.display(), meta.len()),
+        ));
+    }
+    if !full {
+        return None;
+    }
+    store
+        .blob_store()
+        .read_file(&rec.hash, rec.codec, rec.raw_size)
+        .err()
+        .map(blob_verdict)
+}
+
+fn blob_verdict(e: BlobError) -> (ProblemKind, String) {
+    match e {
+        BlobError::Missing => (ProblemKind::MissingBlob, "missing".into()),
+        BlobError::Corrupt(why) => (ProblemKind::CorruptBlob, why),
+        BlobError::Io(e) => (ProblemKind::CorruptBlob, e.to_string()),
+    }
+}
+
+fn check_refcounts(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) {
+    let mut counted: HashMap<BlobHash, u64> = HashMap::new();
+    for rec in snap.records.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+        *counted.entry(rec.hash).or_default() += 1;
+    }
+    for (hash, info) in infos {
+        let n = counted.get(hash).copied().unwrap_or(0);
+        if info.state == BlobState::Live && info.refs != n {
+            report.problem(
+                ProblemKind::Refcount,
+                hash.to_hex(),
+                format!("refcount {} but {n} entries use it", info.refs),
+            );
+        }
+        if info.state != BlobState::Live && n > 0 {
+            report.problem(
+                ProblemKind::Refcount,
+                hash.to_hex(),
+                format!("{n} entries use a blob in state {:?}", info.state),
+            );
+        }
+    }
+}
+
+fn check_expiry(snap: &Snapshot, report: &mut VerifyReport) {
+    let mut want: HashSet<Vec<u8>> = HashSet::new();
+    for (k, rec) in &snap.records {
+        if let Ok(r) = rec {
+            let mut ek = r.expires_at.to_be_bytes().to_vec();
+            ek.extend_from_slice(k);
+            want.insert(ek);
+        }
+    }
+    for ek in &snap.expiry {
+        if !want.remove(ek) {
+            let subject = ek.get(8..).map_or_else(|| key::hex(ek), key::display);
+            report.problem(ProblemKind::Expiry, subject, "expiry order lists an entry that does not exist");
+        }
+    }
+    for ek in want {
+        report.problem(ProblemKind::Expiry, key::display(&ek[8..]), "entry missing from the expiry order");
+    }
+}
+
+fn check_totals(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) {
+    let recs: Vec<&Record> = snap.records.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let live: Vec<&BlobInfo> = infos.values().filter(|i| i.state == BlobState::Live).collect();
+    let checks = [
+        ("entries", snap.state.entries, snap.records.len() as u64),
+        ("raw_bytes", snap.state.raw_bytes, recs.iter().map(|r| r.raw_size).sum()),
+        ("blobs", snap.state.blobs, live.len() as u64),
+        ("blob_bytes", snap.state.blob_bytes, live.iter().map(|i| i.disk_bytes).sum()),
+    ];
+    for (name, recorded, actual) in checks {
+        if recorded != actual {
+            report.problem(ProblemKind::Totals, name, format!("recorded {recorded}, recount {actual}"));
+        }
+    }
+    let mut per_backend: HashMap<String, (u64, u64)> = HashMap::new();
+    for (k, rec) in &snap.records {
+        if let (Some((b, _)), Ok(r)) = (key::decode(k), rec) {
+            let e = per_backend.entry(b).or_default();
+            e.0 += 1;
+            e.1 += r.raw_size;
+        }
+    }
+    for (name, t) in &snap.backends {
+        let actual = per_backend.remove(name).unwrap_or_default();
+        if (t.entries, t.raw_bytes) != actual {
+            report.problem(
+                ProblemKind::Totals,
+                format!("backend {name}"),
+                format!("recorded {} entries / {} bytes, recount {} / {}", t.entries, t.raw_bytes, actual.0, actual.1),
+            );
+        }
+    }
+    for (name, (n, _)) in per_backend {
+        report.problem(ProblemKind::Totals, format!("backend {name}"), format!("{n} entries not counted"));
+    }
+}
+
+/// Walks `blobs/`: counts orphan files, reports foreign ones.
+fn check_files(store: &Store, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) -> Result<()> {
+    let root = store.layout_root().join("blobs");
+    for (path, hash) in crate::blobs::walk(&root)? {
+        match hash {
+            Some(h) if infos.contains_key(&h) => {}
+            Some(_) => report.orphan_files += 1,
+            None => report.problem(ProblemKind::ForeignFile, path.display().to_string(), "not a blob"),
+        }
+    }
+    Ok(())
+}
+
+fn repair(store: &Store, bad: &[(Vec<u8>, Record, bool)]) -> Result<u64> {
+    let mut changed = 0;
+    for (k, rec, corrupt) in bad {
+        if *corrupt && !rec.inline {
+            store.blob_store().discard_corrupt(&rec.hash);
+        }
+        let op = Op::Delete {
+            key: ByteBuf::from(k.clone()),
+            hash: Some(rec.hash),
+        };
+        store.index().apply(&op)?;
+        changed += 1;
+    }
+    let blobs_store = store.blob_store().clone();
+    let file_info = move |rec: &Record| -> Option<BlobInfo> {
+        let path = blobs_store.path_for(&rec.hash);
+        let meta = fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
+        Some(BlobInfo {
+            version: RECORD_VERSION,
+            refs: 0,
+            state: BlobState::Live,
+            codec: rec.codec,
+            inline: false,
+            raw_size: rec.raw_size,
+            stored_size: meta.len(),
+            disk_bytes: fsutil::disk_bytes(&meta),
+            since: rec.created_at,
+        })
+    };
+    changed += store.index().rebuild_counts(&file_info)?;
+    Ok(changed)
+}
