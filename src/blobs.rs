@@ -75,7 +75,9 @@ impl<'de> Deserialize<'de> for BlobHash {
                 f.write_str("32 bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BlobHash, E> {
-                let arr: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                let arr: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(BlobHash(arr))
             }
         }
@@ -360,13 +362,16 @@ impl Blobs {
         level: i32,
     ) -> std::result::Result<Staged, StreamError> {
         let tmp = staged.tmp.clone();
-        let file = staged._lock.try_clone().map_err(|e| io_err("open", &tmp, e))?;
+        let file = staged
+            ._lock
+            .try_clone()
+            .map_err(|e| io_err("open", &tmp, e))?;
         let buffered = BufWriter::with_capacity(CHUNK, file);
         let mut sink: Box<dyn FinishWrite> = match staged.written.codec {
             Codec::Raw => Box::new(buffered),
             Codec::Zstd => {
-                let mut enc =
-                    zstd::stream::write::Encoder::new(buffered, level).map_err(|e| io_err("compress", &tmp, e))?;
+                let mut enc = zstd::stream::write::Encoder::new(buffered, level)
+                    .map_err(|e| io_err("compress", &tmp, e))?;
                 enc.window_log(WINDOW_LOG_MAX - 1)
                     .map_err(|e| io_err("compress", &tmp, e))?;
                 Box::new(enc)
@@ -375,7 +380,8 @@ impl Blobs {
         let mut hasher = blake3::Hasher::new();
         let mut raw_size = first.len() as u64;
         hasher.update(first);
-        sink.write_all(first).map_err(|e| io_err("write", &tmp, e))?;
+        sink.write_all(first)
+            .map_err(|e| io_err("write", &tmp, e))?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match src.read(&mut buf) {
@@ -386,11 +392,15 @@ impl Blobs {
             };
             hasher.update(&buf[..n]);
             raw_size += n as u64;
-            sink.write_all(&buf[..n]).map_err(|e| io_err("write", &tmp, e))?;
+            sink.write_all(&buf[..n])
+                .map_err(|e| io_err("write", &tmp, e))?;
         }
         sink.finish_write().map_err(|e| io_err("write", &tmp, e))?;
         if self.sync {
-            staged._lock.sync_all().map_err(|e| io_err("sync", &tmp, e))?;
+            staged
+                ._lock
+                .sync_all()
+                .map_err(|e| io_err("sync", &tmp, e))?;
         }
         let hash = BlobHash(*hasher.finalize().as_bytes());
         staged.written.hash = hash;
@@ -406,7 +416,8 @@ impl Blobs {
         let w = staged.written.clone();
         let path = self.path_for(&w.hash);
         let tmp_meta = fs::metadata(&staged.tmp).ctx("inspect", &staged.tmp)?;
-        let existed = self.existing_is_usable(&path, &w.hash, tmp_meta.len(), w.codec, w.raw_size)?;
+        let existed =
+            self.existing_is_usable(&path, &w.hash, tmp_meta.len(), w.codec, w.raw_size)?;
         if !existed {
             self.ensure_fanout(&path)?;
             match fs::hard_link(&staged.tmp, &path) {
@@ -425,7 +436,12 @@ impl Blobs {
     }
 
     /// Reads, decodes and verifies the blob file for `hash`.
-    pub fn read_file(&self, hash: &BlobHash, codec: Codec, raw_size: u64) -> Result<Vec<u8>, BlobError> {
+    pub fn read_file(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<Vec<u8>, BlobError> {
         let path = self.path_for(hash);
         let file = open_blob(&path)?;
         let len = file
@@ -433,7 +449,8 @@ impl Blobs {
             .map_err(|e| BlobError::Io(Error::io("inspect", &path, e)))?
             .len();
         if len >= MMAP_MIN {
-            let map = crate::mmap::map_blob(&file).map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
+            let map = crate::mmap::map_blob(&file)
+                .map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
             return decode(&map, codec, raw_size, hash);
         }
         let mut stored = Vec::with_capacity(len as usize);
@@ -459,14 +476,17 @@ impl Blobs {
         let source: Box<dyn Read + Send> = if len == 0 {
             Box::new(io::empty())
         } else {
-            let map = crate::mmap::map_blob(&file).map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
+            let map = crate::mmap::map_blob(&file)
+                .map_err(|e| BlobError::Io(Error::io("map", &path, e)))?;
             Box::new(Cursor::new(map))
         };
         let inner: Box<dyn Read + Send> = match codec {
             Codec::Raw => source,
             Codec::Zstd => {
-                let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(CHUNK, source))
-                    .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
+                let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
+                    CHUNK, source,
+                ))
+                .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
                 d.window_log_max(WINDOW_LOG_MAX)
                     .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
                 Box::new(d)
@@ -621,6 +641,9 @@ impl FinishWrite for zstd::stream::write::Encoder<'static, BufWriter<File>> {
     }
 }
 
+/// Called once with the reason when a stream turns out to be corrupt.
+type CorruptHook = Box<dyn FnOnce(&str) + Send>;
+
 /// Streams a blob's raw bytes, hashing them as they pass. At the end of the
 /// stream the hash and length are compared with the expected ones; on a
 /// mismatch the final `read` fails with `InvalidData` (and the `on_corrupt`
@@ -633,7 +656,7 @@ pub struct VerifyingReader {
     expected_len: u64,
     seen: u64,
     verified: bool,
-    on_corrupt: Option<Box<dyn FnOnce(&str) + Send>>,
+    on_corrupt: Option<CorruptHook>,
 }
 
 impl fmt::Debug for VerifyingReader {
@@ -722,8 +745,12 @@ mod tests {
 
     #[test]
     fn compress_refuses_incompressible() {
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let json = br#"{"id":1,"title":"x","genres":["a","b"],"overview":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#.repeat(20);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let json =
+            br#"{"id":1,"title":"x","genres":["a","b"],"overview":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#
+                .repeat(20);
         assert!(compress(&json, 3).is_some());
         let packed = compress(&noise, 3);
         assert!(packed.is_none_or(|p| p.len() < noise.len()));
@@ -736,9 +763,15 @@ mod tests {
         let h = BlobHash::of(&raw);
         let z = compress(&raw, 3).unwrap();
         assert_eq!(decode(&z, Codec::Zstd, raw.len() as u64, &h).unwrap(), raw);
-        assert!(matches!(decode(&z, Codec::Zstd, raw.len() as u64 + 1, &h), Err(BlobError::Corrupt(_))));
+        assert!(matches!(
+            decode(&z, Codec::Zstd, raw.len() as u64 + 1, &h),
+            Err(BlobError::Corrupt(_))
+        ));
         let other = BlobHash::of(b"nope");
-        assert!(matches!(decode(&raw, Codec::Raw, raw.len() as u64, &other), Err(BlobError::Corrupt(_))));
+        assert!(matches!(
+            decode(&raw, Codec::Raw, raw.len() as u64, &other),
+            Err(BlobError::Corrupt(_))
+        ));
         // A claimed size that cannot be allocated is corruption, not an abort.
         assert!(decode(&z, Codec::Zstd, u64::MAX, &h).is_err());
     }
@@ -746,10 +779,18 @@ mod tests {
     #[test]
     fn verifying_reader_rejects_wrong_bytes() {
         let raw = b"payload".to_vec();
-        let mut r = VerifyingReader::new(Box::new(Cursor::new(b"paylaod".to_vec())), BlobHash::of(&raw), 7);
+        let mut r = VerifyingReader::new(
+            Box::new(Cursor::new(b"paylaod".to_vec())),
+            BlobHash::of(&raw),
+            7,
+        );
         let mut out = Vec::new();
-        assert_eq!(r.read_to_end(&mut out).unwrap_err().kind(), io::ErrorKind::InvalidData);
-        let mut ok = VerifyingReader::new(Box::new(Cursor::new(raw.clone())), BlobHash::of(&raw), 7);
+        assert_eq!(
+            r.read_to_end(&mut out).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut ok =
+            VerifyingReader::new(Box::new(Cursor::new(raw.clone())), BlobHash::of(&raw), 7);
         out.clear();
         ok.read_to_end(&mut out).unwrap();
         assert_eq!(out, raw);

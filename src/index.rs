@@ -131,13 +131,20 @@ impl Counters {
         self.stale_hits.fetch_add(d.stale_hits, Ordering::Relaxed);
         self.puts.fetch_add(d.puts, Ordering::Relaxed);
         self.corrupt.fetch_add(d.corrupt, Ordering::Relaxed);
-        self.index_resets.fetch_add(d.index_resets, Ordering::Relaxed);
+        self.index_resets
+            .fetch_add(d.index_resets, Ordering::Relaxed);
     }
 }
+
+/// An entry key with its record, or why the record did not decode.
+pub(crate) type RecordRow = (Vec<u8>, std::result::Result<Record, String>);
 
 /// A mutation of the index. Ops are journaled, so applying one must depend
 /// only on its fields and the index state, never on the clock or the disk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Ops are built one per call and never held in bulk; boxing the record
+// would only add an allocation to every put.
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     /// Sets `key` to `record`, referencing its blob (created from `blob` if
     /// new, with `inline` bytes for inline blobs) and releasing the blob of
@@ -227,7 +234,7 @@ const ACCESS_BATCH: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub state: State,
-    pub records: Vec<(Vec<u8>, std::result::Result<Record, String>)>,
+    pub records: Vec<RecordRow>,
     pub blobs: Vec<(Vec<u8>, std::result::Result<BlobInfo, String>)>,
     pub expiry: Vec<Vec<u8>>,
     pub inline: Vec<Vec<u8>>,
@@ -280,7 +287,13 @@ impl Trees {
     /// `state` on success. Deliberate aborts leave `state` untouched.
     fn run(&self, state: &mut State, op: &Op, seq: u64) -> Result<Outcome> {
         let base = state.clone();
-        let trees = (&self.entries, &self.expiry, &self.blobs, &self.inline, &self.meta);
+        let trees = (
+            &self.entries,
+            &self.expiry,
+            &self.blobs,
+            &self.inline,
+            &self.meta,
+        );
         let res = trees.transaction(|(entries, expiry, blobs, inline, meta)| {
             let mut tx = Tx {
                 entries,
@@ -309,7 +322,9 @@ impl Trees {
 
     fn load_state(&self) -> std::result::Result<State, OpenFailure> {
         match self.meta.get(STATE) {
-            Ok(Some(v)) => from_cbor(&v).map_err(|e| OpenFailure::Damaged(format!("state record: {e}"))),
+            Ok(Some(v)) => {
+                from_cbor(&v).map_err(|e| OpenFailure::Damaged(format!("state record: {e}")))
+            }
             Ok(None) => Ok(State::default()),
             Err(e) => Err(OpenFailure::Damaged(e.to_string())),
         }
@@ -317,11 +332,13 @@ impl Trees {
 
     /// Replays the journal past `state.seq` and makes the result durable.
     fn recover(&self, state: &mut State, journal_dir: &Path) -> Result<()> {
-        let replay = journal::replay(journal_dir, state.seq, |s, payload| match from_cbor::<Op>(payload) {
-            Ok(op) => self.run(state, &op, s).map(|_| ()),
-            Err(e) => {
-                log::warn!("journal frame {s} is not an op ({e}); skipped");
-                Ok(())
+        let replay = journal::replay(journal_dir, state.seq, |s, payload| {
+            match from_cbor::<Op>(payload) {
+                Ok(op) => self.run(state, &op, s).map(|_| ()),
+                Err(e) => {
+                    log::warn!("journal frame {s} is not an op ({e}); skipped");
+                    Ok(())
+                }
             }
         })?;
         if replay.applied > 0 {
@@ -535,7 +552,8 @@ impl Tx<'_> {
             record.hits += o.hits;
             self.expiry.remove(expiry_key(o.expires_at, key))?;
         }
-        self.expiry.insert(expiry_key(record.expires_at, key), &[])?;
+        self.expiry
+            .insert(expiry_key(record.expires_at, key), &[])?;
         self.entries.insert(key, to_cbor(&record))?;
         let old_raw = old_rec.map_or(0, |o| o.raw_size);
         let is_new = old.is_none();
@@ -591,7 +609,13 @@ impl Tx<'_> {
                 blob,
                 inline,
                 gone_seen,
-            } => self.put(key, record, blob, inline.as_ref().map(|b| b.as_slice()), *gone_seen)?,
+            } => self.put(
+                key,
+                record,
+                blob,
+                inline.as_ref().map(|b| b.as_slice()),
+                *gone_seen,
+            )?,
             Op::Delete { key, hash } => {
                 let found = self.delete(key, hash.as_ref())?;
                 if !found {
@@ -666,7 +690,10 @@ impl Index {
                     Ok((t, s)) => (t, s, true),
                     Err(OpenFailure::Fatal(e)) => return Err(e),
                     Err(OpenFailure::Damaged(why)) => {
-                        return Err(Error::index(path, format!("a fresh index failed to open: {why}")));
+                        return Err(Error::index(
+                            path,
+                            format!("a fresh index failed to open: {why}"),
+                        ));
                     }
                 }
             }
@@ -750,7 +777,12 @@ impl Index {
 
     /// The record at `key` and, for an inline blob, its stored bytes.
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Lookup>> {
-        let Some(raw) = self.t.entries.get(key).map_err(|e| Error::index(&self.path, e))? else {
+        let Some(raw) = self
+            .t
+            .entries
+            .get(key)
+            .map_err(|e| Error::index(&self.path, e))?
+        else {
             return Ok(None);
         };
         let record: Record = from_cbor(&raw).map_err(|reason| Error::CorruptRecord {
@@ -776,7 +808,12 @@ impl Index {
 
     /// The index's info on one blob.
     pub fn blob_info(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
-        match self.t.blobs.get(hash.0).map_err(|e| Error::index(&self.path, e))? {
+        match self
+            .t
+            .blobs
+            .get(hash.0)
+            .map_err(|e| Error::index(&self.path, e))?
+        {
             Some(v) => Ok(from_cbor(&v).ok()),
             None => Ok(None),
         }
@@ -788,7 +825,7 @@ impl Index {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, std::result::Result<Record, String>)>> {
+    ) -> Result<Vec<RecordRow>> {
         let mut out = Vec::new();
         let iter = match after {
             Some(a) => {
@@ -946,7 +983,8 @@ impl Index {
         for item in t.meta.scan_prefix(BACKEND_PREFIX) {
             let (k, v) = item.map_err(|e| t.err(e))?;
             let name = String::from_utf8_lossy(&k[BACKEND_PREFIX.len()..]).into_owned();
-            snap.backends.push((name, from_cbor(&v).unwrap_or_default()));
+            snap.backends
+                .push((name, from_cbor(&v).unwrap_or_default()));
         }
         Ok(snap)
     }
@@ -956,10 +994,7 @@ impl Index {
     /// Undecodable records are removed. `file_info` describes a file blob
     /// the index has no info for (None: the file is gone, so entries using
     /// it are dropped). Returns the number of index keys changed.
-    pub fn rebuild_counts(
-        &self,
-        file_info: &dyn Fn(&Record) -> Option<BlobInfo>,
-    ) -> Result<u64> {
+    pub fn rebuild_counts(&self, file_info: &dyn Fn(&Record) -> Option<BlobInfo>) -> Result<u64> {
         let mut w = self.lock_writer()?;
         let t = &self.t;
         let mut changed = 0u64;
@@ -1010,7 +1045,11 @@ impl Index {
                 continue;
             }
             if rec.inline && !infos.contains_key(&rec.hash.0) {
-                let n = t.inline.get(rec.hash.0).map_err(|e| t.err(e))?.map_or(0, |v| v.len() as u64);
+                let n = t
+                    .inline
+                    .get(rec.hash.0)
+                    .map_err(|e| t.err(e))?
+                    .map_or(0, |v| v.len() as u64);
                 infos.insert(
                     rec.hash.0,
                     BlobInfo {
@@ -1038,8 +1077,8 @@ impl Index {
             let n = refs.get(&h).copied().unwrap_or(0);
             let keep = info.state == BlobState::Live && (n > 0 || !info.inline);
             if !keep && info.state == BlobState::Live {
-                t.blobs.remove(&h).map_err(|e| t.err(e))?;
-                t.inline.remove(&h).map_err(|e| t.err(e))?;
+                t.blobs.remove(h).map_err(|e| t.err(e))?;
+                t.inline.remove(h).map_err(|e| t.err(e))?;
                 changed += 1;
                 continue;
             }
@@ -1051,7 +1090,7 @@ impl Index {
                 info.refs = n;
                 changed += 1;
             }
-            t.blobs.insert(&h, to_cbor(&info)).map_err(|e| t.err(e))?;
+            t.blobs.insert(h, to_cbor(&info)).map_err(|e| t.err(e))?;
         }
         for item in t.expiry.iter() {
             let (k, _) = item.map_err(|e| t.err(e))?;
@@ -1069,12 +1108,16 @@ impl Index {
             t.meta.remove(&k).map_err(|e| t.err(e))?;
         }
         for (k, v) in &backends {
-            t.meta.insert(k.as_slice(), to_cbor(v)).map_err(|e| t.err(e))?;
+            t.meta
+                .insert(k.as_slice(), to_cbor(v))
+                .map_err(|e| t.err(e))?;
         }
         if state != w.state {
             changed += 1;
         }
-        t.meta.insert(STATE, to_cbor(&state)).map_err(|e| t.err(e))?;
+        t.meta
+            .insert(STATE, to_cbor(&state))
+            .map_err(|e| t.err(e))?;
         w.state = state;
         t.db.flush().map_err(|e| t.err(e))?;
         Ok(changed)

@@ -175,7 +175,8 @@ pub(crate) fn replay(
                         "journal {}: torn or damaged frame at byte {good_len}; cutting it off",
                         path.display()
                     );
-                    file.set_len(good_len).ctx("truncate journal segment", &path)?;
+                    file.set_len(good_len)
+                        .ctx("truncate journal segment", &path)?;
                     out.torn = true;
                     break;
                 }
@@ -211,7 +212,9 @@ impl Journal {
     /// Appends one frame with a single write.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
         let bytes = frame(seq, payload);
-        self.file.write_all(&bytes).ctx("append to journal", &self.path)?;
+        self.file
+            .write_all(&bytes)
+            .ctx("append to journal", &self.path)?;
         self.has_frames = true;
         Ok(())
     }

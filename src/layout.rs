@@ -80,7 +80,13 @@ impl Layout {
             // disk); only what is inside it must be real.
             fsutil::ensure_private_dir(&fs::canonicalize(&self.root).ctx("resolve", &self.root)?)?;
         }
-        for dir in [&self.blobs, &self.tmp, &self.locks, &self.index, &self.journal] {
+        for dir in [
+            &self.blobs,
+            &self.tmp,
+            &self.locks,
+            &self.index,
+            &self.journal,
+        ] {
             fsutil::ensure_private_dir(dir)?;
         }
         if self.read_version()?.is_none() {
@@ -216,7 +222,10 @@ mod tests {
     #[test]
     fn network_magics_are_named() {
         assert_eq!(classify_fs_magic(0x6969), Some("NFS"));
-        assert_eq!(classify_fs_magic(0xFF53_4D42u32 as i32 as i64), Some("CIFS"));
+        assert_eq!(
+            classify_fs_magic(0xFF53_4D42u32 as i32 as i64),
+            Some("CIFS")
+        );
         assert_eq!(classify_fs_magic(0xEF53), None); // ext4
     }
 }

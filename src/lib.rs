@@ -45,5 +45,7 @@ pub use error::{Error, Result};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
 pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, StoreOptions};
-pub use store::{BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store};
+pub use store::{
+    BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
+};
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport};

@@ -73,7 +73,9 @@ fn main() -> ExitCode {
 fn default_dir() -> Result<PathBuf, String> {
     dirs::cache_dir()
         .map(|d| d.join("blobcache"))
-        .ok_or_else(|| "no cache directory for this platform; pass --dir or set BLOBCACHE_DIR".into())
+        .ok_or_else(|| {
+            "no cache directory for this platform; pass --dir or set BLOBCACHE_DIR".into()
+        })
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -104,7 +106,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let src: Box<dyn Read> = match file.as_deref() {
                 None => Box::new(io::stdin().lock()),
                 Some(p) if p == Path::new("-") => Box::new(io::stdin().lock()),
-                Some(p) => Box::new(fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?),
+                Some(p) => Box::new(
+                    fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?,
+                ),
             };
             let r = store
                 .put_reader(&backend, &signature, src, &opts)
@@ -135,8 +139,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 Some(path) => write_file_atomic(&path, &mut reader)?,
                 None => {
                     let mut out = io::stdout().lock();
-                    io::copy(&mut reader, &mut out).map_err(|e| format!("writing the payload: {e}"))?;
-                    out.flush().map_err(|e| format!("writing the payload: {e}"))?;
+                    io::copy(&mut reader, &mut out)
+                        .map_err(|e| format!("writing the payload: {e}"))?;
+                    out.flush()
+                        .map_err(|e| format!("writing the payload: {e}"))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -145,7 +151,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn write_file_atomic(path: &Path, src: &mut dyn Read) -> Result<(), String> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = parent.join(format!(".{name}.blobcache-{}", std::process::id()));
     let res = (|| {

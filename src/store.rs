@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 use crate::blobs::{self, BlobError, BlobHash, Blobs, Staged, StreamError, VerifyingReader};
 use crate::clock::add_ms;
 use crate::error::{Error, Result};
-use crate::index::{Access, CounterValues, Index, IndexConfig, Lookup, Op, Outcome};
+use crate::index::{Access, CounterValues, Index, IndexConfig, Lookup, Op, Outcome, RecordRow};
 use crate::key::{self, Category};
 use crate::layout::Layout;
 use crate::options::{Durability, PutOptions, StoreOptions};
@@ -360,7 +360,13 @@ impl Store {
             payload,
             encoded: None,
         };
-        self.commit_put(&key, source, BlobHash::of(payload), payload.len() as u64, opts)
+        self.commit_put(
+            &key,
+            source,
+            BlobHash::of(payload),
+            payload.len() as u64,
+            opts,
+        )
     }
 
     /// Stores a payload read from `src`, in bounded memory: payloads over a
@@ -408,7 +414,8 @@ impl Store {
         let mut gone_seen = None;
         let mut reuse_known = true;
         for attempt in 0..PUT_ATTEMPTS {
-            let (blob, inline, existed) = self.place_blob(&mut source, &hash, raw_size, now, reuse_known)?;
+            let (blob, inline, existed) =
+                self.place_blob(&mut source, &hash, raw_size, now, reuse_known)?;
             let record = self.new_record(&hash, &blob, opts, now);
             let expires_at = record.expires_at;
             let op = Op::Put {
@@ -423,7 +430,9 @@ impl Store {
                     reuse_known = false;
                     match gone_since {
                         Some(since) => gone_seen = Some(since),
-                        None => std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt))),
+                        None => {
+                            std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt)))
+                        }
                     }
                 }
                 _ => {
@@ -475,20 +484,32 @@ impl Store {
             Source::Staged(staged) => {
                 self.inner.blobs.link_staged(staged)?;
                 let w = &staged.written;
-                Ok((template(w.codec, false, w.stored_size, w.disk_bytes), None, w.existed))
+                Ok((
+                    template(w.codec, false, w.stored_size, w.disk_bytes),
+                    None,
+                    w.existed,
+                ))
             }
             Source::Bytes { payload, encoded } => {
                 let level = self.inner.opts.compression_level;
-                let (codec, stored) = encoded.get_or_insert_with(|| match blobs::compress(payload, level) {
-                    Some(z) => (Codec::Zstd, z),
-                    None => (Codec::Raw, payload.to_vec()),
-                });
+                let (codec, stored) =
+                    encoded.get_or_insert_with(|| match blobs::compress(payload, level) {
+                        Some(z) => (Codec::Zstd, z),
+                        None => (Codec::Raw, payload.to_vec()),
+                    });
                 if stored.len() <= self.inner.opts.inline_threshold {
                     let n = stored.len() as u64;
                     return Ok((template(*codec, true, n, n), Some(stored.clone()), false));
                 }
-                let w = self.inner.blobs.ensure_file(hash, stored, *codec, raw_size)?;
-                Ok((template(w.codec, false, w.stored_size, w.disk_bytes), None, w.existed))
+                let w = self
+                    .inner
+                    .blobs
+                    .ensure_file(hash, stored, *codec, raw_size)?;
+                Ok((
+                    template(w.codec, false, w.stored_size, w.disk_bytes),
+                    None,
+                    w.existed,
+                ))
             }
         }
     }
@@ -589,7 +610,12 @@ impl Store {
 
     /// Looks the key up and applies expiry; counts a miss when there is
     /// nothing to serve.
-    fn lookup_live(&self, key: &[u8], now: u64, allow_stale: bool) -> Result<Option<(Lookup, bool)>> {
+    fn lookup_live(
+        &self,
+        key: &[u8],
+        now: u64,
+        allow_stale: bool,
+    ) -> Result<Option<(Lookup, bool)>> {
         let found = self.inner.index.lookup(key)?;
         let Some(lookup) = found else {
             self.count(|c| c.misses = 1);
@@ -642,25 +668,44 @@ impl Store {
 
     /// Streams the live entry's payload (see [`EntryReader`]); large blobs
     /// are read through a memory map and never loaded whole.
-    pub fn get_reader(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryReader>> {
+    pub fn get_reader(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+    ) -> Result<Option<EntryReader>> {
         self.open_reader(backend, signature.as_ref(), false)
     }
 
     /// Like [`Store::get_reader`], but also serves an expired entry.
-    pub fn get_reader_stale(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryReader>> {
+    pub fn get_reader_stale(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+    ) -> Result<Option<EntryReader>> {
         self.open_reader(backend, signature.as_ref(), true)
     }
 
-    fn open_reader(&self, backend: &str, signature: &[u8], allow_stale: bool) -> Result<Option<EntryReader>> {
+    fn open_reader(
+        &self,
+        backend: &str,
+        signature: &[u8],
+        allow_stale: bool,
+    ) -> Result<Option<EntryReader>> {
         let key = key::encode(backend, signature)?;
         let now = self.now();
-        let Some((Lookup { record, inline }, stale)) = self.lookup_live(&key, now, allow_stale)? else {
+        let Some((Lookup { record, inline }, stale)) = self.lookup_live(&key, now, allow_stale)?
+        else {
             return Ok(None);
         };
         let opened = match inline {
-            Some(stored) => blobs::decode(&stored, record.codec, record.raw_size, &record.hash).map(|data| {
-                VerifyingReader::new(Box::new(std::io::Cursor::new(data)), record.hash, record.raw_size)
-            }),
+            Some(stored) => blobs::decode(&stored, record.codec, record.raw_size, &record.hash)
+                .map(|data| {
+                    VerifyingReader::new(
+                        Box::new(std::io::Cursor::new(data)),
+                        record.hash,
+                        record.raw_size,
+                    )
+                }),
             None if record.inline => Err(BlobError::Missing),
             None => self
                 .inner
@@ -853,7 +898,7 @@ pub struct Entries {
     store: Store,
     prefix: Vec<u8>,
     after: Option<Vec<u8>>,
-    page: std::vec::IntoIter<(Vec<u8>, std::result::Result<Record, String>)>,
+    page: std::vec::IntoIter<RecordRow>,
     done: bool,
 }
 
@@ -874,7 +919,12 @@ impl Iterator for Entries {
             if self.done {
                 return None;
             }
-            let page = match self.store.inner.index.scan(&self.prefix, self.after.as_deref(), PAGE) {
+            let page = match self
+                .store
+                .inner
+                .index
+                .scan(&self.prefix, self.after.as_deref(), PAGE)
+            {
                 Ok(p) => p,
                 Err(e) => {
                     self.done = true;

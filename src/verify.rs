@@ -100,7 +100,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.kind.as_str(), self.subject, self.detail)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.kind.as_str(),
+            self.subject,
+            self.detail
+        )
     }
 }
 
@@ -125,7 +131,12 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
-    fn problem(&mut self, kind: ProblemKind, subject: impl Into<String>, detail: impl Into<String>) {
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        subject: impl Into<String>,
+        detail: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             kind,
             subject: subject.into(),
@@ -162,8 +173,16 @@ fn decode_infos(snap: &Snapshot, report: &mut VerifyReport) -> HashMap<BlobHash,
             (Ok(h), Ok(info)) => {
                 infos.insert(h, info.clone());
             }
-            (_, Err(e)) => report.problem(ProblemKind::Refcount, key::hex(k), format!("undecodable blob info: {e}")),
-            (Err(_), _) => report.problem(ProblemKind::Refcount, key::hex(k), "blob key is not a 32-byte hash"),
+            (_, Err(e)) => report.problem(
+                ProblemKind::Refcount,
+                key::hex(k),
+                format!("undecodable blob info: {e}"),
+            ),
+            (Err(_), _) => report.problem(
+                ProblemKind::Refcount,
+                key::hex(k),
+                "blob key is not a 32-byte hash",
+            ),
         }
     }
     infos
@@ -233,16 +252,28 @@ fn check_blob(
     let path = store.blob_store().path_for(&rec.hash);
     let meta = match fs::symlink_metadata(&path) {
         Ok(m) => m,
-        Err(_) => return Some((ProblemKind::MissingBlob, format!("{} does not exist", path.display()))),
+        Err(_) => {
+            return Some((
+                ProblemKind::MissingBlob,
+                format!("{} does not exist", path.display()),
+            ));
+        }
     };
     if !meta.is_file() {
-        return Some((ProblemKind::CorruptBlob, format!("{} is not a regular file", path.display())));
+        return Some((
+            ProblemKind::CorruptBlob,
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     let expected = info.map_or(rec.stored_size, |i| i.stored_size);
     if meta.len() != expected {
         return Some((
             ProblemKind::CorruptBlob,
-            format!("{} is {} bytes, expected {expected}", path.display(), meta.len()),
+            format!(
+                "{} is {} bytes, expected {expected}",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
     if !full {
@@ -263,7 +294,11 @@ fn blob_verdict(e: BlobError) -> (ProblemKind, String) {
     }
 }
 
-fn check_refcounts(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) {
+fn check_refcounts(
+    snap: &Snapshot,
+    infos: &HashMap<BlobHash, BlobInfo>,
+    report: &mut VerifyReport,
+) {
     let mut counted: HashMap<BlobHash, u64> = HashMap::new();
     for rec in snap.records.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         *counted.entry(rec.hash).or_default() += 1;
@@ -299,26 +334,53 @@ fn check_expiry(snap: &Snapshot, report: &mut VerifyReport) {
     for ek in &snap.expiry {
         if !want.remove(ek) {
             let subject = ek.get(8..).map_or_else(|| key::hex(ek), key::display);
-            report.problem(ProblemKind::Expiry, subject, "expiry order lists an entry that does not exist");
+            report.problem(
+                ProblemKind::Expiry,
+                subject,
+                "expiry order lists an entry that does not exist",
+            );
         }
     }
     for ek in want {
-        report.problem(ProblemKind::Expiry, key::display(&ek[8..]), "entry missing from the expiry order");
+        report.problem(
+            ProblemKind::Expiry,
+            key::display(&ek[8..]),
+            "entry missing from the expiry order",
+        );
     }
 }
 
 fn check_totals(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) {
-    let recs: Vec<&Record> = snap.records.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
-    let live: Vec<&BlobInfo> = infos.values().filter(|i| i.state == BlobState::Live).collect();
+    let recs: Vec<&Record> = snap
+        .records
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let live: Vec<&BlobInfo> = infos
+        .values()
+        .filter(|i| i.state == BlobState::Live)
+        .collect();
     let checks = [
         ("entries", snap.state.entries, snap.records.len() as u64),
-        ("raw_bytes", snap.state.raw_bytes, recs.iter().map(|r| r.raw_size).sum()),
+        (
+            "raw_bytes",
+            snap.state.raw_bytes,
+            recs.iter().map(|r| r.raw_size).sum(),
+        ),
         ("blobs", snap.state.blobs, live.len() as u64),
-        ("blob_bytes", snap.state.blob_bytes, live.iter().map(|i| i.disk_bytes).sum()),
+        (
+            "blob_bytes",
+            snap.state.blob_bytes,
+            live.iter().map(|i| i.disk_bytes).sum(),
+        ),
     ];
     for (name, recorded, actual) in checks {
         if recorded != actual {
-            report.problem(ProblemKind::Totals, name, format!("recorded {recorded}, recount {actual}"));
+            report.problem(
+                ProblemKind::Totals,
+                name,
+                format!("recorded {recorded}, recount {actual}"),
+            );
         }
     }
     let mut per_backend: HashMap<String, (u64, u64)> = HashMap::new();
@@ -335,23 +397,38 @@ fn check_totals(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &m
             report.problem(
                 ProblemKind::Totals,
                 format!("backend {name}"),
-                format!("recorded {} entries / {} bytes, recount {} / {}", t.entries, t.raw_bytes, actual.0, actual.1),
+                format!(
+                    "recorded {} entries / {} bytes, recount {} / {}",
+                    t.entries, t.raw_bytes, actual.0, actual.1
+                ),
             );
         }
     }
     for (name, (n, _)) in per_backend {
-        report.problem(ProblemKind::Totals, format!("backend {name}"), format!("{n} entries not counted"));
+        report.problem(
+            ProblemKind::Totals,
+            format!("backend {name}"),
+            format!("{n} entries not counted"),
+        );
     }
 }
 
 /// Walks `blobs/`: counts orphan files, reports foreign ones.
-fn check_files(store: &Store, infos: &HashMap<BlobHash, BlobInfo>, report: &mut VerifyReport) -> Result<()> {
+fn check_files(
+    store: &Store,
+    infos: &HashMap<BlobHash, BlobInfo>,
+    report: &mut VerifyReport,
+) -> Result<()> {
     let root = store.layout_root().join("blobs");
     for (path, hash) in crate::blobs::walk(&root)? {
         match hash {
             Some(h) if infos.contains_key(&h) => {}
             Some(_) => report.orphan_files += 1,
-            None => report.problem(ProblemKind::ForeignFile, path.display().to_string(), "not a blob"),
+            None => report.problem(
+                ProblemKind::ForeignFile,
+                path.display().to_string(),
+                "not a blob",
+            ),
         }
     }
     Ok(())

@@ -1,0 +1,277 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blobcache::{ManualClock, Store, StoreOptions, VerifyOptions};
+
+/// Path of the real CLI binary built by cargo for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_blobcache"))
+}
+
+/// A CLI command on `dir` with logging quiet and a clean environment.
+pub fn cli(dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("--dir").arg(dir);
+    c.env_remove("BLOBCACHE_DIR").env("RUST_LOG", "error");
+    c
+}
+
+/// A fresh temp dir holding a store driven by a manual clock at t = 1e12 ms.
+pub fn store_with_clock() -> (tempfile::TempDir, Store, Arc<ManualClock>) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    let store = Store::open(dir.path(), StoreOptions::default().clock(clock.clone())).unwrap();
+    (dir, store, clock)
+}
+
+/// Deterministic pseudo-random generator (xorshift64*), so payloads are the
+/// same on every run.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "matrix",
+    "reloaded",
+    "anime",
+    "season",
+    "episode",
+    "studio",
+    "director",
+    "drama",
+    "action",
+    "science",
+    "fiction",
+    "hero",
+    "journey",
+    "audiobook",
+    "narrator",
+    "chapter",
+];
+
+/// A realistic API-response JSON document of about `size` bytes.
+pub fn json_payload(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut s = format!(
+        "{{\"id\":{},\"imdb_id\":\"tt{:07}\",\"popularity\":{}.{},\"results\":[",
+        rng.below(1_000_000),
+        rng.below(10_000_000),
+        rng.below(1000),
+        rng.below(1000)
+    );
+    let mut i = 0;
+    while s.len() < size.saturating_sub(2) {
+        if i > 0 {
+            s.push(',');
+        }
+        let title: Vec<&str> = (0..3)
+            .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+            .collect();
+        s.push_str(&format!(
+            "{{\"id\":{},\"title\":\"{}\",\"vote_average\":{}.{},\"release_date\":\"{}-{:02}-{:02}\",\"adult\":false}}",
+            rng.below(100_000),
+            title.join(" "),
+            rng.below(10),
+            rng.below(10),
+            1950 + rng.below(75),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    let mut b = s.into_bytes();
+    b.truncate(size.max(2));
+    b
+}
+
+/// A reader producing `len` deterministic, moderately compressible bytes
+/// without holding them in memory.
+pub struct GenReader {
+    rng: Rng,
+    left: u64,
+    block: Vec<u8>,
+    pos: usize,
+}
+
+impl GenReader {
+    pub fn new(seed: u64, len: u64) -> GenReader {
+        GenReader {
+            rng: Rng::new(seed),
+            left: len,
+            block: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for GenReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        if self.pos == self.block.len() {
+            // 64 KiB blocks: half random, half a repeated phrase.
+            let mut b = vec![0u8; 32 * 1024];
+            self.rng.fill(&mut b);
+            let phrase = format!("record {} of the offline dump; ", self.rng.below(1000));
+            while b.len() < 64 * 1024 {
+                b.extend_from_slice(phrase.as_bytes());
+            }
+            b.truncate(64 * 1024);
+            self.block = b;
+            self.pos = 0;
+        }
+        let n = buf
+            .len()
+            .min(self.block.len() - self.pos)
+            .min(self.left as usize);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// blake3 of everything `r` yields.
+pub fn hash_reader(mut r: impl Read) -> std::io::Result<(blake3::Hash, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            return Ok((h.finalize(), n));
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+}
+
+/// Asserts the cache behind `store` passes a full verify.
+pub fn assert_clean(store: &Store) {
+    let report = store.verify(VerifyOptions::new().full(true)).unwrap();
+    assert!(
+        report.is_clean(),
+        "verify found problems: {:#?}",
+        report.problems
+    );
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Sends SIGKILL to a child and reaps it.
+pub fn kill9(child: &mut Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("child pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+    let _ = child.wait();
+}
+
+/// Environment variable that turns a test binary into a worker process.
+pub const WORKER_ENV: &str = "BLOBCACHE_TEST_WORKER";
+
+/// Starts this test binary again as a worker running `spec` (see each test
+/// file's `worker` entry point). Stdout is piped for its progress lines.
+pub fn spawn_worker(spec: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WORKER_ENV, spec)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// The worker's spec, when this process is a worker. Ends the line libtest
+/// started ("test worker ... "), so the worker's own lines are whole.
+pub fn worker_spec() -> Option<String> {
+    let spec = std::env::var(WORKER_ENV).ok()?;
+    println!();
+    Some(spec)
+}
+
+/// Reads the worker's stdout lines until `pred` accepts one (returns it)
+/// or the worker ends (returns None).
+pub fn wait_for_line(
+    out: &mut BufReader<ChildStdout>,
+    mut pred: impl FnMut(&str) -> bool,
+) -> Option<String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if pred(line.trim_end()) {
+            return Some(line.trim_end().to_string());
+        }
+    }
+}
+
+/// Opens `dir`, retrying briefly while a just-killed process's lock is
+/// being released by the kernel.
+pub fn open_retry(dir: &Path, opts: StoreOptions) -> Store {
+    for _ in 0..200 {
+        match Store::open(dir, opts.clone()) {
+            Ok(s) => return s,
+            Err(blobcache::Error::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("open failed: {e}"),
+        }
+    }
+    panic!("cache stayed locked");
+}
