@@ -37,6 +37,7 @@ mod mmap;
 mod options;
 mod record;
 mod store;
+pub mod testkit;
 mod verify;
 
 pub use blobs::{BlobHash, VerifyingReader};

@@ -314,8 +314,8 @@ impl Store {
             flush_interval: opts.flush_interval,
             sync,
         };
-        let (index, _reset) = Index::open(&layout.index, &layout.journal, &cfg)?;
-        Ok(Store {
+        let (index, reset) = Index::open(&layout.index, &layout.journal, &cfg)?;
+        let store = Store {
             inner: Arc::new(Inner {
                 layout,
                 opts,
@@ -323,7 +323,13 @@ impl Store {
                 index,
                 _owner_lock: lock,
             }),
-        })
+        };
+        if reset {
+            // Entries replayed from the journal into the fresh index carry
+            // refcounts of the old one: recount them.
+            crate::verify::rebuild_counts(&store)?;
+        }
+        Ok(store)
     }
 
     /// The cache directory.

@@ -16,9 +16,9 @@ use serde_bytes::ByteBuf;
 use crate::blobs::{self, BlobError, BlobHash};
 use crate::error::Result;
 use crate::fsutil;
-use crate::index::{Op, Snapshot};
+use crate::index::{Op, Snapshot, file_blob_info};
 use crate::key;
-use crate::record::{BlobInfo, BlobState, RECORD_VERSION, Record};
+use crate::record::{BlobInfo, BlobState, Record};
 use crate::store::Store;
 
 /// Options for [`Store::verify`].
@@ -447,22 +447,18 @@ fn repair(store: &Store, bad: &[(Vec<u8>, Record, bool)]) -> Result<u64> {
         store.index().apply(&op)?;
         changed += 1;
     }
+    changed += rebuild_counts(store)?;
+    Ok(changed)
+}
+
+/// Recomputes refcounts and totals from the entries (see
+/// `Index::rebuild_counts`), describing unknown file blobs from disk.
+pub(crate) fn rebuild_counts(store: &Store) -> Result<u64> {
     let blobs_store = store.blob_store().clone();
     let file_info = move |rec: &Record| -> Option<BlobInfo> {
         let path = blobs_store.path_for(&rec.hash);
         let meta = fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
-        Some(BlobInfo {
-            version: RECORD_VERSION,
-            refs: 0,
-            state: BlobState::Live,
-            codec: rec.codec,
-            inline: false,
-            raw_size: rec.raw_size,
-            stored_size: meta.len(),
-            disk_bytes: fsutil::disk_bytes(&meta),
-            since: rec.created_at,
-        })
+        Some(file_blob_info(rec, meta.len(), fsutil::disk_bytes(&meta)))
     };
-    changed += store.index().rebuild_counts(&file_info)?;
-    Ok(changed)
+    store.index().rebuild_counts(&file_info)
 }

@@ -1,0 +1,684 @@
+//! The sled index: entries, expiry order, blobs (refcounts and inline
+//! bytes) and meta (totals, counters).
+//!
+//! Trees:
+//! - `entries`: key bytes → [`Record`] (CBOR)
+//! - `expiry`:  `expires_at (u64 BE) ++ key` → empty, for ordered expiry scans
+//! - `blobs`:   hash → `len u16 | BlobInfo CBOR | inline bytes` (see `tx.rs`)
+//! - `meta`:    `state` → [`State`], `counters` → [`CounterValues`],
+//!   `b:<backend>` → [`BackendTotals`]
+//!
+//! Mutations are serialised by one writer lock; each [`Op`] becomes a set of
+//! [`tx::Effects`] that is written to sled and then appended to the journal
+//! (one `write(2)`) before the caller is answered. Totals live in memory
+//! and reach the `meta` tree at each checkpoint, which also flushes sled
+//! and trims the journal. Reads never take the writer lock.
+
+mod repair;
+mod tx;
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sled::{IVec, Tree};
+
+pub(crate) use repair::{Snapshot, file_blob_info};
+use tx::{Effects, Tx, TxError};
+pub use tx::{Op, Outcome};
+
+use crate::blobs::BlobHash;
+use crate::error::{Error, Result};
+use crate::journal::{self, Journal};
+use crate::key;
+use crate::record::{BlobInfo, Record, from_cbor, to_cbor};
+
+/// Running totals of the index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Sequence number of the last applied op.
+    #[serde(rename = "seq")]
+    pub seq: u64,
+    /// Number of entries.
+    #[serde(rename = "e")]
+    pub entries: u64,
+    /// Sum of the raw sizes of all entries (logical bytes).
+    #[serde(rename = "r")]
+    pub raw_bytes: u64,
+    /// Number of blobs known to the index (live or awaiting GC).
+    #[serde(rename = "b")]
+    pub blobs: u64,
+    /// Bytes the blobs occupy: allocated blocks of blob files plus stored
+    /// bytes of inline blobs.
+    #[serde(rename = "d")]
+    pub blob_bytes: u64,
+}
+
+/// Per-backend totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTotals {
+    /// Entries of the backend.
+    #[serde(rename = "e")]
+    pub entries: u64,
+    /// Sum of their raw sizes.
+    #[serde(rename = "r")]
+    pub raw_bytes: u64,
+}
+
+/// Persistent event counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterValues {
+    /// Live hits served.
+    #[serde(rename = "h", default)]
+    pub hits: u64,
+    /// Misses (absent, expired or unreadable).
+    #[serde(rename = "m", default)]
+    pub misses: u64,
+    /// Expired entries served by `get_stale`.
+    #[serde(rename = "s", default)]
+    pub stale_hits: u64,
+    /// Puts acknowledged.
+    #[serde(rename = "p", default)]
+    pub puts: u64,
+    /// Blobs found missing or corrupt on read (entries healed).
+    #[serde(rename = "c", default)]
+    pub corrupt: u64,
+    /// Times a damaged index was moved aside and started afresh.
+    #[serde(rename = "x", default)]
+    pub index_resets: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+    puts: AtomicU64,
+    corrupt: AtomicU64,
+    index_resets: AtomicU64,
+}
+
+impl Counters {
+    fn fields(&self) -> [&AtomicU64; 6] {
+        [
+            &self.hits,
+            &self.misses,
+            &self.stale_hits,
+            &self.puts,
+            &self.corrupt,
+            &self.index_resets,
+        ]
+    }
+
+    fn add(&self, d: &CounterValues) {
+        let deltas = [
+            d.hits,
+            d.misses,
+            d.stale_hits,
+            d.puts,
+            d.corrupt,
+            d.index_resets,
+        ];
+        for (a, v) in self.fields().into_iter().zip(deltas) {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> CounterValues {
+        let [hits, misses, stale_hits, puts, corrupt, index_resets] =
+            self.fields().map(|a| a.load(Ordering::Relaxed));
+        CounterValues {
+            hits,
+            misses,
+            stale_hits,
+            puts,
+            corrupt,
+            index_resets,
+        }
+    }
+}
+
+/// An entry key with its record, or why the record did not decode.
+pub(crate) type RecordRow = (Vec<u8>, std::result::Result<Record, String>);
+
+/// A record plus, for inline blobs, the stored bytes: all a read needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    /// The entry's record.
+    pub record: Record,
+    /// Stored bytes of an inline blob.
+    pub inline: Option<ByteBuf>,
+}
+
+/// Pending access statistics for one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Hits since the last flush.
+    pub hits: u64,
+    /// Latest access time.
+    pub last: u64,
+}
+
+/// Pending access batches are flushed once they hold this many keys.
+const ACCESS_BATCH: usize = 4096;
+const STATE: &[u8] = b"state";
+const COUNTERS: &[u8] = b"counters";
+const BACKEND_PREFIX: &[u8] = b"b:";
+
+/// Configuration for opening an [`Index`].
+#[derive(Debug, Clone)]
+pub(crate) struct IndexConfig {
+    pub cache_capacity: u64,
+    pub flush_interval: Duration,
+    pub sync: bool,
+}
+
+/// The sled trees of an open database.
+pub(crate) struct Trees {
+    path: PathBuf,
+    db: sled::Db,
+    entries: Tree,
+    expiry: Tree,
+    blobs: Tree,
+    meta: Tree,
+}
+
+impl Trees {
+    fn open(path: &Path, db: sled::Db) -> Result<Trees> {
+        let tree = |name: &str| db.open_tree(name).map_err(|e| Error::index(path, e));
+        Ok(Trees {
+            path: path.to_path_buf(),
+            entries: tree("entries")?,
+            expiry: tree("expiry")?,
+            blobs: tree("blobs")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::index(&self.path, e)
+    }
+
+    pub(crate) fn tree(&self, id: u8) -> &Tree {
+        match id {
+            tx::ENTRIES => &self.entries,
+            tx::EXPIRY => &self.expiry,
+            _ => &self.blobs,
+        }
+    }
+
+    /// Writes the effects' keys, in order.
+    fn write(&self, effects: &Effects) -> Result<()> {
+        for w in &effects.writes {
+            let tree = self.tree(w.tree);
+            let res = match &w.value {
+                Some(v) => tree.insert(w.key.as_slice(), v.as_slice()).map(drop),
+                None => tree.remove(w.key.as_slice()).map(drop),
+            };
+            res.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Totals kept in memory and persisted at checkpoints.
+struct Totals {
+    state: State,
+    backends: HashMap<Vec<u8>, BackendTotals>,
+    /// Backends changed since the last checkpoint.
+    dirty: HashSet<Vec<u8>>,
+}
+
+impl Totals {
+    fn absorb(&mut self, effects: &Effects) {
+        self.state = effects.state.clone();
+        for (k, v) in &effects.backends {
+            self.backends.insert(k.to_vec(), v.clone());
+            self.dirty.insert(k.to_vec());
+        }
+    }
+}
+
+/// What the writer lock guards.
+struct Writer {
+    totals: Totals,
+    journal: Journal,
+}
+
+/// The open index. Only the owner process holds one.
+pub(crate) struct Index {
+    t: Trees,
+    writer: Mutex<Writer>,
+    sync: bool,
+    access: Mutex<HashMap<Vec<u8>, Access>>,
+    counters: Counters,
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("path", &self.t.path).finish()
+    }
+}
+
+/// Why opening the sled database failed.
+enum OpenFailure {
+    /// The database is damaged: move it aside and start afresh.
+    Damaged(String),
+    /// An environmental error (permissions, I/O): report it.
+    Fatal(Error),
+}
+
+/// What the index held when it was opened.
+struct Loaded {
+    trees: Trees,
+    state: State,
+    backends: HashMap<Vec<u8>, BackendTotals>,
+    counters: CounterValues,
+}
+
+impl Index {
+    /// Opens (or creates) the index in `path`, replays `journal_dir`, and
+    /// starts the background flusher. A damaged database is moved aside
+    /// and replaced by an empty one: the returned flag says so, and the
+    /// caller should then rebuild counts (`verify --repair`).
+    pub fn open(path: &Path, journal_dir: &Path, cfg: &IndexConfig) -> Result<(Arc<Index>, bool)> {
+        let (loaded, reset) = match load(path, cfg) {
+            Ok(l) => (l, false),
+            Err(OpenFailure::Fatal(e)) => return Err(e),
+            Err(OpenFailure::Damaged(why)) => {
+                let aside = move_aside(path)?;
+                log::error!(
+                    "index {} is damaged ({why}); moved it to {} and started an empty index; \
+                     blobs it referenced are orphans that GC will reclaim",
+                    path.display(),
+                    aside.display()
+                );
+                match load(path, cfg) {
+                    Ok(l) => (l, true),
+                    Err(OpenFailure::Fatal(e)) => return Err(e),
+                    Err(OpenFailure::Damaged(why)) => {
+                        return Err(Error::index(
+                            path,
+                            format!("a fresh index failed to open: {why}"),
+                        ));
+                    }
+                }
+            }
+        };
+        let Loaded {
+            trees,
+            state,
+            backends,
+            counters,
+        } = loaded;
+        let mut totals = Totals {
+            state,
+            backends,
+            dirty: HashSet::new(),
+        };
+        // After a reset the journal still replays: its frames carry whole
+        // values, so the entries acknowledged since the last flush come back
+        // (the caller then rebuilds refcounts around them).
+        let replay = journal::replay(journal_dir, totals.state.seq, |seq, payload| {
+            match from_cbor::<Effects>(payload) {
+                Ok(effects) => {
+                    trees.write(&effects)?;
+                    totals.absorb(&effects);
+                }
+                Err(e) => log::warn!("journal frame {seq} is not readable ({e}); skipped"),
+            }
+            Ok(())
+        })?;
+        if replay.applied > 0 {
+            log::info!("replayed {} journaled index operations", replay.applied);
+        }
+        let journal = Journal::start(journal_dir, totals.state.seq + 1)?;
+        let writer = Writer { totals, journal };
+        let index = Index {
+            t: trees,
+            writer: Mutex::new(writer),
+            sync: cfg.sync,
+            access: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            stop: Mutex::new(None),
+        };
+        index.counters.add(&counters);
+        if reset {
+            index.counters.index_resets.fetch_add(1, Ordering::Relaxed);
+        }
+        // Persist what the replay rebuilt and drop the replayed segments.
+        index.checkpoint()?;
+        crate::fsutil::tighten_tree(path);
+        let index = Arc::new(index);
+        Index::spawn_flusher(&index, cfg.flush_interval);
+        Ok((index, reset))
+    }
+
+    fn spawn_flusher(index: &Arc<Index>, every: Duration) {
+        let (tx, rx) = mpsc::channel::<()>();
+        if let Ok(mut stop) = index.stop.lock() {
+            *stop = Some(tx);
+        }
+        let weak: Weak<Index> = Arc::downgrade(index);
+        let spawned = std::thread::Builder::new()
+            .name("blobcache-flush".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(index) = weak.upgrade() else { return };
+                    if let Err(e) = index.checkpoint() {
+                        log::warn!("index flush failed: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("could not start the index flusher ({e}); flushing only on close");
+        }
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        self.writer
+            .lock()
+            .map_err(|_| self.t.err("writer lock poisoned by a panic"))
+    }
+
+    /// Applies `op`: computes its effects, writes them, and appends them to
+    /// the journal (fsynced under synced durability) before returning.
+    pub fn apply(&self, op: &Op) -> Result<Outcome> {
+        let mut w = self.lock_writer()?;
+        let mut tx = Tx::new(&self.t, &w.totals.state, &w.totals.backends);
+        let outcome = match tx.apply(op) {
+            Ok(o) => o,
+            Err(TxError::Unchanged(o) | TxError::Retry(o)) => return Ok(o),
+            Err(TxError::Invalid(why)) => return Err(self.t.err(why)),
+            Err(TxError::Storage(e)) => return Err(self.t.err(e)),
+        };
+        let mut effects = tx.into_effects();
+        let seq = w.totals.state.seq + 1;
+        effects.state.seq = seq;
+        self.t.write(&effects)?;
+        w.totals.absorb(&effects);
+        w.journal.append(seq, &to_cbor(&effects))?;
+        if self.sync {
+            w.journal.sync()?;
+        }
+        Ok(outcome)
+    }
+
+    /// The record at `key` and, for an inline blob, its stored bytes.
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<Lookup>> {
+        let Some(raw) = self.t.entries.get(key).map_err(|e| self.t.err(e))? else {
+            return Ok(None);
+        };
+        let record: Record = from_cbor(&raw).map_err(|reason| Error::CorruptRecord {
+            key: key::display(key),
+            reason,
+        })?;
+        let inline = if record.inline {
+            self.inline_bytes(&record.hash)?
+                .map(|v| ByteBuf::from(v.to_vec()))
+        } else {
+            None
+        };
+        Ok(Some(Lookup { record, inline }))
+    }
+
+    /// The stored bytes of an inline blob.
+    pub fn inline_bytes(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
+        let Some(v) = self.t.blobs.get(hash.0).map_err(|e| self.t.err(e))? else {
+            return Ok(None);
+        };
+        match tx::decode_blob_value(&v) {
+            Ok((info, data)) if info.inline => Ok(Some(data.to_vec())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The index's info on one blob.
+    pub fn blob_info(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
+        let v: Option<IVec> = self.t.blobs.get(hash.0).map_err(|e| self.t.err(e))?;
+        Ok(v.and_then(|v| tx::decode_blob_value(&v).ok().map(|(info, _)| info)))
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, after `after`.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>> {
+        let mut out = Vec::new();
+        let start = match after {
+            Some(a) => [a, &[0]].concat(),
+            None => prefix.to_vec(),
+        };
+        for item in self.t.entries.range(start..) {
+            let (k, v) = item.map_err(|e| self.t.err(e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), from_cbor::<Record>(&v)));
+        }
+        Ok(out)
+    }
+
+    /// Number of entries whose expiry is at or before `now`.
+    pub fn count_expired(&self, now: u64) -> Result<u64> {
+        let end = now.saturating_add(1).to_be_bytes();
+        let mut n = 0;
+        for item in self.t.expiry.range(..end.to_vec()) {
+            item.map_err(|e| self.t.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Keys of up to `limit` entries expired at or before `before`.
+    pub fn expired_keys(&self, before: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let end = before.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.t.expiry.range(..end.to_vec()).take(limit) {
+            let (k, _) = item.map_err(|e| self.t.err(e))?;
+            out.push(k.get(8..).unwrap_or_default().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Current totals.
+    pub fn state(&self) -> Result<State> {
+        Ok(self.lock_writer()?.totals.state.clone())
+    }
+
+    /// Per-backend totals, sorted by backend name.
+    pub fn backends(&self) -> Result<Vec<(String, BackendTotals)>> {
+        let w = self.lock_writer()?;
+        let mut out: Vec<(String, BackendTotals)> = w
+            .totals
+            .backends
+            .iter()
+            .filter(|(_, t)| t.entries > 0)
+            .map(|(k, t)| {
+                let name = String::from_utf8_lossy(&k[BACKEND_PREFIX.len()..]).into_owned();
+                (name, t.clone())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Counter values, including increments not yet flushed.
+    pub fn counters(&self) -> CounterValues {
+        self.counters.snapshot()
+    }
+
+    /// Adds to the counters (persisted with the next checkpoint).
+    pub fn count(&self, delta: &CounterValues) {
+        self.counters.add(delta);
+    }
+
+    /// Records accesses; they reach the records in batches, not one sled
+    /// write per hit.
+    pub fn record_access(&self, batch: impl IntoIterator<Item = (Vec<u8>, Access)>) {
+        let full = match self.access.lock() {
+            Ok(mut pending) => {
+                for (k, a) in batch {
+                    let slot = pending.entry(k).or_default();
+                    slot.hits += a.hits;
+                    slot.last = slot.last.max(a.last);
+                }
+                pending.len() >= ACCESS_BATCH
+            }
+            Err(_) => false,
+        };
+        if full && let Err(e) = self.flush_access() {
+            log::warn!("flushing access statistics failed: {e}");
+        }
+    }
+
+    /// Writes pending access statistics into the records. Not journaled:
+    /// a crash loses at most one flush interval of hit counts.
+    fn flush_access(&self) -> Result<()> {
+        let pending = match self.access.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Under the writer lock, so an op cannot interleave and lose either
+        // its record or these counts.
+        let _w = self.lock_writer()?;
+        for (k, a) in pending {
+            self.t
+                .entries
+                .fetch_and_update(&k, |old| {
+                    let mut rec: Record = from_cbor(old?).ok()?;
+                    rec.hits += a.hits;
+                    rec.last_access = rec.last_access.max(a.last);
+                    Some(to_cbor(&rec))
+                })
+                .map_err(|e| self.t.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Persists totals, access statistics and counters, flushes sled, and
+    /// drops the journal segments it made redundant.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.flush_access()?;
+        let durable = {
+            let mut w = self.lock_writer()?;
+            let meta = &self.t.meta;
+            let err = |e| self.t.err(e);
+            let t = &mut w.totals;
+            meta.insert(STATE, to_cbor(&t.state)).map_err(err)?;
+            for k in std::mem::take(&mut t.dirty) {
+                match t.backends.get(&k).filter(|b| b.entries > 0) {
+                    Some(t) => meta.insert(&k, to_cbor(t)).map(drop).map_err(err)?,
+                    None => meta.remove(&k).map(drop).map_err(err)?,
+                }
+            }
+            meta.insert(COUNTERS, to_cbor(&self.counters.snapshot()))
+                .map_err(err)?;
+            t.state.seq
+        };
+        self.t.db.flush().map_err(|e| self.t.err(e))?;
+        let mut w = self.lock_writer()?;
+        let next = w.totals.state.seq + 1;
+        w.journal.checkpoint(durable, next)
+    }
+
+    /// Bytes the index occupies on disk.
+    pub fn disk_size(&self) -> u64 {
+        self.t.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        if let Ok(mut stop) = self.stop.lock() {
+            stop.take();
+        }
+        if let Err(e) = self.checkpoint() {
+            log::warn!("final index flush failed: {e}");
+        }
+        crate::fsutil::tighten_tree(&self.t.path);
+    }
+}
+
+fn load(path: &Path, cfg: &IndexConfig) -> std::result::Result<Loaded, OpenFailure> {
+    let db = open_db(path, cfg)?;
+    let damaged = |e: Error| OpenFailure::Damaged(e.to_string());
+    let trees = Trees::open(path, db).map_err(damaged)?;
+    let state = match trees.meta.get(STATE) {
+        Ok(Some(v)) => {
+            from_cbor(&v).map_err(|e| OpenFailure::Damaged(format!("state record: {e}")))?
+        }
+        Ok(None) => State::default(),
+        Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
+    };
+    let counters = match trees.meta.get(COUNTERS) {
+        Ok(Some(v)) => from_cbor(&v).unwrap_or_default(),
+        _ => CounterValues::default(),
+    };
+    let mut backends = HashMap::new();
+    for item in trees.meta.scan_prefix(BACKEND_PREFIX) {
+        let (k, v) = item.map_err(|e| OpenFailure::Damaged(e.to_string()))?;
+        backends.insert(k.to_vec(), from_cbor(&v).unwrap_or_default());
+    }
+    Ok(Loaded {
+        trees,
+        state,
+        backends,
+        counters,
+    })
+}
+
+fn open_db(path: &Path, cfg: &IndexConfig) -> std::result::Result<sled::Db, OpenFailure> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cfg.cache_capacity)
+        // Our own flusher flushes and then trims the journal; sled's timer
+        // would only add fsyncs.
+        .flush_every_ms(None);
+    // sled panics on some kinds of damage; a cache must not.
+    let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(e))) => Err(OpenFailure::Fatal(Error::io("open index", path, e))),
+        Ok(Err(e)) => Err(OpenFailure::Damaged(e.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "sled panicked".into());
+            Err(OpenFailure::Damaged(why))
+        }
+    }
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf> {
+    let stamp = crate::clock::system_time_ms(std::time::SystemTime::now());
+    let name = format!(
+        "{}.damaged-{stamp}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("index")
+    );
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside).map_err(|e| Error::io("move aside damaged index", path, e))?;
+    crate::fsutil::ensure_private_dir(path)?;
+    Ok(aside)
+}

@@ -1,0 +1,150 @@
+//! Deterministic payload generators shared by the tests, benchmarks,
+//! examples and fuzz targets: the same seed gives the same bytes on every
+//! machine, so results are reproducible and comparable across runs.
+
+use std::io::Read;
+
+/// Deterministic pseudo-random generator (xorshift64*).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Fills `buf` with random bytes (incompressible).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "matrix",
+    "reloaded",
+    "anime",
+    "season",
+    "episode",
+    "studio",
+    "director",
+    "drama",
+    "action",
+    "science",
+    "fiction",
+    "hero",
+    "journey",
+    "audiobook",
+    "narrator",
+    "chapter",
+];
+
+/// A realistic API-response JSON document of exactly `size` bytes (at
+/// least 2): a TMDB-style result page with shared field names and varying
+/// values, so it compresses like real responses do (not like repeated
+/// text). Truncated documents are not valid JSON, which a cache does not
+/// care about.
+pub fn json_payload(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut s = format!(
+        "{{\"id\":{},\"imdb_id\":\"tt{:07}\",\"popularity\":{}.{},\"results\":[",
+        rng.below(1_000_000),
+        rng.below(10_000_000),
+        rng.below(1000),
+        rng.below(1000)
+    );
+    let mut i = 0;
+    while s.len() < size.saturating_sub(2) {
+        if i > 0 {
+            s.push(',');
+        }
+        let title: Vec<&str> = (0..3)
+            .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+            .collect();
+        s.push_str(&format!(
+            "{{\"id\":{},\"title\":\"{}\",\"vote_average\":{}.{},\"release_date\":\"{}-{:02}-{:02}\",\"adult\":false}}",
+            rng.below(100_000),
+            title.join(" "),
+            rng.below(10),
+            rng.below(10),
+            1950 + rng.below(75),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    let mut b = s.into_bytes();
+    b.truncate(size.max(2));
+    b
+}
+
+/// A reader producing `len` deterministic, moderately compressible bytes
+/// (64 KiB blocks, half random, half a repeated phrase) without holding
+/// them in memory: a stand-in for a multi-GB dataset dump.
+#[derive(Debug)]
+pub struct GenReader {
+    rng: Rng,
+    left: u64,
+    block: Vec<u8>,
+    pos: usize,
+}
+
+impl GenReader {
+    /// `len` bytes from seed `seed`.
+    pub fn new(seed: u64, len: u64) -> GenReader {
+        GenReader {
+            rng: Rng::new(seed),
+            left: len,
+            block: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for GenReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        if self.pos == self.block.len() {
+            // 64 KiB blocks: half random, half a repeated phrase.
+            let mut b = vec![0u8; 32 * 1024];
+            self.rng.fill(&mut b);
+            let phrase = format!("record {} of the offline dump; ", self.rng.below(1000));
+            while b.len() < 64 * 1024 {
+                b.extend_from_slice(phrase.as_bytes());
+            }
+            b.truncate(64 * 1024);
+            self.block = b;
+            self.pos = 0;
+        }
+        let n = buf
+            .len()
+            .min(self.block.len() - self.pos)
+            .min(self.left as usize);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
