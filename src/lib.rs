@@ -50,3 +50,8 @@ pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

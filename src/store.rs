@@ -581,36 +581,46 @@ impl Store {
     fn read(&self, backend: &str, signature: &[u8], allow_stale: bool) -> Result<Option<Hit>> {
         let key = key::encode(backend, signature)?;
         let now = self.now();
-        let Some((lookup, stale)) = self.lookup_live(&key, now, allow_stale)? else {
-            return Ok(None);
-        };
-        let Lookup { record, inline } = lookup;
-        let data = match &inline {
-            Some(stored) => blobs::decode(stored, record.codec, record.raw_size, &record.hash),
-            None if record.inline => Err(BlobError::Missing),
-            None => self
-                .inner
-                .blobs
-                .read_file(&record.hash, record.codec, record.raw_size),
-        };
-        match data {
-            Ok(data) => {
-                self.note_hit(&key, now, stale);
-                Ok(Some(Hit {
-                    data,
-                    meta: EntryMeta::from_record(&key, &record),
-                    stale,
-                }))
+        // A second attempt is needed only when the entry changed between the
+        // record look-up and the blob read (a concurrent put or delete).
+        for _ in 0..3 {
+            let Some((Lookup { record, inline }, stale)) =
+                self.lookup_live(&key, now, allow_stale)?
+            else {
+                return Ok(None);
+            };
+            let data = match &inline {
+                Some(stored) => blobs::decode(stored, record.codec, record.raw_size, &record.hash),
+                None if record.inline => Err(BlobError::Missing),
+                None => self
+                    .inner
+                    .blobs
+                    .read_file(&record.hash, record.codec, record.raw_size),
+            };
+            match data {
+                Ok(data) => {
+                    self.note_hit(&key, now, stale);
+                    let meta = EntryMeta::from_record(&key, &record);
+                    return Ok(Some(Hit { data, meta, stale }));
+                }
+                Err(e) => {
+                    if self.unusable(&key, &record, e)? {
+                        return Ok(None);
+                    }
+                }
             }
-            Err(BlobError::Io(e)) => Err(e),
-            Err(BlobError::Missing) => {
-                self.heal(&key, &record, "its blob is missing");
-                Ok(None)
-            }
-            Err(BlobError::Corrupt(why)) => {
-                self.heal(&key, &record, &why);
-                Ok(None)
-            }
+        }
+        Ok(None)
+    }
+
+    /// Handles a blob that could not be read: environmental errors are
+    /// returned; a missing or damaged blob drops the entry (true), unless
+    /// the entry changed meanwhile (false: read again).
+    fn unusable(&self, key: &[u8], record: &Record, err: BlobError) -> Result<bool> {
+        match err {
+            BlobError::Io(e) => Err(e),
+            BlobError::Missing => Ok(self.heal(key, record, "its blob is missing")),
+            BlobError::Corrupt(why) => Ok(self.heal(key, record, &why)),
         }
     }
 
@@ -650,7 +660,17 @@ impl Store {
 
     /// Drops an entry whose blob is missing or damaged, so the cache heals
     /// itself; the next put of the same payload writes a fresh blob.
-    fn heal(&self, key: &[u8], record: &Record, why: &str) {
+    /// Returns false, doing nothing, when the entry no longer holds
+    /// `record`: then the blob went away with a concurrent change, not
+    /// through damage.
+    fn heal(&self, key: &[u8], record: &Record, why: &str) -> bool {
+        if let Ok(current) = self.inner.index.lookup(key)
+            && current.is_none_or(|l| {
+                l.record.hash != record.hash || l.record.created_at != record.created_at
+            })
+        {
+            return false;
+        }
         log::warn!(
             "entry {} dropped: blob {} is unusable ({why})",
             key::display(key),
@@ -670,6 +690,7 @@ impl Store {
         if let Err(e) = self.inner.index.apply(&op) {
             log::warn!("could not drop entry {}: {e}", key::display(key));
         }
+        true
     }
 
     /// Streams the live entry's payload (see [`EntryReader`]); large blobs
@@ -720,19 +741,16 @@ impl Store {
         };
         let reader = match opened {
             Ok(r) => r,
-            Err(BlobError::Io(e)) => return Err(e),
-            Err(BlobError::Missing) => {
-                self.heal(&key, &record, "its blob is missing");
-                return Ok(None);
-            }
-            Err(BlobError::Corrupt(why)) => {
-                self.heal(&key, &record, &why);
+            Err(e) => {
+                self.unusable(&key, &record, e)?;
                 return Ok(None);
             }
         };
         let healer = self.clone();
         let (hkey, hrec) = (key.clone(), record.clone());
-        let reader = reader.on_corrupt(move |why| healer.heal(&hkey, &hrec, why));
+        let reader = reader.on_corrupt(move |why| {
+            healer.heal(&hkey, &hrec, why);
+        });
         self.note_hit(&key, now, stale);
         Ok(Some(EntryReader {
             meta: EntryMeta::from_record(&key, &record),
