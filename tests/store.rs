@@ -744,3 +744,25 @@ fn concurrent_writers_and_readers_never_see_wrong_bytes_or_false_corruption() {
     );
     assert_clean(&store);
 }
+
+#[test]
+fn synced_durability_round_trips_through_every_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions::default().durability(blobcache::Durability::Synced);
+    let big = json_payload(61, 300 * 1024);
+    {
+        let store = Store::open(dir.path(), opts.clone()).unwrap();
+        store.put("b", "inline", b"small", &PutOptions::new()).unwrap();
+        store.put("b", "file", &big, &PutOptions::new()).unwrap();
+        store
+            .put_reader("b", "stream", GenReader::new(3, 10 << 20), &PutOptions::new())
+            .unwrap();
+        assert!(store.delete("b", "inline").unwrap());
+    }
+    let store = Store::open(dir.path(), opts).unwrap();
+    assert!(store.get("b", "inline").unwrap().is_none());
+    assert_eq!(store.get("b", "file").unwrap().unwrap().data, big);
+    let (h, n) = hash_reader(store.get_reader("b", "stream").unwrap().unwrap()).unwrap();
+    assert_eq!((h, n), hash_reader(GenReader::new(3, 10 << 20)).unwrap());
+    assert_clean(&store);
+}
