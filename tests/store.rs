@@ -752,10 +752,17 @@ fn synced_durability_round_trips_through_every_write_path() {
     let big = json_payload(61, 300 * 1024);
     {
         let store = Store::open(dir.path(), opts.clone()).unwrap();
-        store.put("b", "inline", b"small", &PutOptions::new()).unwrap();
+        store
+            .put("b", "inline", b"small", &PutOptions::new())
+            .unwrap();
         store.put("b", "file", &big, &PutOptions::new()).unwrap();
         store
-            .put_reader("b", "stream", GenReader::new(3, 10 << 20), &PutOptions::new())
+            .put_reader(
+                "b",
+                "stream",
+                GenReader::new(3, 10 << 20),
+                &PutOptions::new(),
+            )
             .unwrap();
         assert!(store.delete("b", "inline").unwrap());
     }
