@@ -36,16 +36,59 @@ pub enum Error {
         max: usize,
     },
 
-    /// Another process holds the cache and this store was opened in
-    /// exclusive mode.
+    /// Another process holds the cache without sharing it (it was opened
+    /// in exclusive mode, or Unix sockets are unavailable), and it did not
+    /// let go within the owner timeout; or this store asked for exclusive
+    /// use while another process holds the cache.
     #[error(
-        "cache {} is in use by another process; close it, wait for it to finish, \
-         or open the store in shared mode",
-        path.display()
+        "cache {} is in use by another process that does not share it \
+         (waited {}); close that process, wait for it to finish, \
+         or open both in shared mode",
+        path.display(),
+        humantime::format_duration(*waited)
     )]
     Locked {
         /// The cache directory.
         path: PathBuf,
+        /// How long this process waited for the lock.
+        waited: std::time::Duration,
+    },
+
+    /// The process that owns the cache did not answer in time.
+    #[error(
+        "the process owning cache {} (pid {pid}) did not answer within {}; \
+         it may be hung or overloaded: check it, or raise StoreOptions::owner_timeout",
+        path.display(),
+        humantime::format_duration(*after)
+    )]
+    OwnerTimeout {
+        /// The cache directory.
+        path: PathBuf,
+        /// The owner's process id (0 when unknown).
+        pid: u32,
+        /// How long this process waited.
+        after: std::time::Duration,
+    },
+
+    /// The owner process answered with something this build does not
+    /// understand: another blobcache version, or not blobcache at all.
+    #[error(
+        "cannot share cache {} with its owner process: {detail}; \
+         run the same blobcache version in every process that shares a cache",
+        path.display()
+    )]
+    Protocol {
+        /// The cache directory.
+        path: PathBuf,
+        /// What did not match.
+        detail: String,
+    },
+
+    /// The owner process reported an error while serving this process.
+    #[error("the process owning the cache failed to serve a request: {message}")]
+    Owner {
+        /// The owner's error message.
+        message: String,
     },
 
     /// The cache was written by a newer version of blobcache.

@@ -40,6 +40,8 @@ pub(crate) struct Layout {
     pub locks: PathBuf,
     pub index: PathBuf,
     pub journal: PathBuf,
+    /// Where the owner serves guests (see `share`).
+    pub sock: PathBuf,
 }
 
 impl Layout {
@@ -51,6 +53,7 @@ impl Layout {
             locks: root.join("locks"),
             index: root.join("index"),
             journal: root.join("journal"),
+            sock: root.join("owner.sock"),
         }
     }
 

@@ -36,6 +36,7 @@ mod layout;
 mod mmap;
 mod options;
 mod record;
+mod share;
 mod store;
 pub mod testkit;
 mod verify;
@@ -45,7 +46,7 @@ pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, Result};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
-pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, StoreOptions};
+pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, Sharing, StoreOptions};
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };

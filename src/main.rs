@@ -19,6 +19,18 @@ struct Cli {
     #[arg(long, global = true, env = "BLOBCACHE_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
 
+    /// How long to wait for the process owning the cache to answer, or for
+    /// a process holding it exclusively to let go.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_OWNER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    owner_timeout: Duration,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +95,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Some(d) => d,
         None => default_dir()?,
     };
+    let store_opts = StoreOptions::default().owner_timeout(cli.owner_timeout);
     match cli.command {
         Command::Put {
             backend,
@@ -102,7 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     .ok_or_else(|| format!("header {h:?} is not of the form 'Name: value'"))?;
                 opts = opts.header(name.trim(), value.trim());
             }
-            let store = Store::open(&dir, StoreOptions::default()).map_err(|e| e.to_string())?;
+            let store = Store::open(&dir, store_opts).map_err(|e| e.to_string())?;
             let src: Box<dyn Read> = match file.as_deref() {
                 None => Box::new(io::stdin().lock()),
                 Some(p) if p == Path::new("-") => Box::new(io::stdin().lock()),
@@ -125,7 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             if !dir.exists() {
                 return Ok(ExitCode::from(1));
             }
-            let store = Store::open(&dir, StoreOptions::default()).map_err(|e| e.to_string())?;
+            let store = Store::open(&dir, store_opts).map_err(|e| e.to_string())?;
             let reader = if stale {
                 store.get_reader_stale(&backend, &signature)
             } else {

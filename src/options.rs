@@ -20,6 +20,22 @@ pub enum Durability {
     Synced,
 }
 
+/// How a store shares its cache directory with other processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// The first process to open the cache owns the index and serves the
+    /// others over `owner.sock`; every other process is a guest with the
+    /// same API. When the owner goes away a guest takes over.
+    #[default]
+    Shared,
+    /// This process wants the cache to itself: it neither serves nor joins
+    /// an owner. While another process holds the cache, opening waits up to
+    /// the owner timeout for it to let go, then fails with
+    /// [`crate::Error::Locked`]; shared processes likewise wait for an
+    /// exclusive one.
+    Exclusive,
+}
+
 /// Options for [`crate::Store::open`], built with setters:
 ///
 /// ```
@@ -42,6 +58,8 @@ pub struct StoreOptions {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) flush_interval: Duration,
     pub(crate) staging_grace: Duration,
+    pub(crate) sharing: Sharing,
+    pub(crate) owner_timeout: Duration,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -60,6 +78,8 @@ impl Default for StoreOptions {
             clock: Arc::new(SystemClock),
             flush_interval: Duration::from_millis(1000),
             staging_grace: Duration::from_secs(60),
+            sharing: Sharing::Shared,
+            owner_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -132,6 +152,22 @@ impl StoreOptions {
     /// are this old (default 60 s).
     pub fn staging_grace(mut self, grace: Duration) -> Self {
         self.staging_grace = grace;
+        self
+    }
+
+    /// Whether other processes may use the cache at the same time (default
+    /// [`Sharing::Shared`]).
+    pub fn sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// How long a guest waits for the owner process to answer a request,
+    /// and how long opening (or taking over) waits for an owner to appear
+    /// or for an unshared cache to be released (default 10 s). A hung owner
+    /// yields [`crate::Error::OwnerTimeout`] after this long, never a hang.
+    pub fn owner_timeout(mut self, timeout: Duration) -> Self {
+        self.owner_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 }

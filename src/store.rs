@@ -1,6 +1,5 @@
 //! The public API: [`Store`].
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,11 +10,12 @@ use serde_bytes::ByteBuf;
 use crate::blobs::{self, BlobError, BlobHash, Blobs, Staged, StreamError, VerifyingReader};
 use crate::clock::add_ms;
 use crate::error::{Error, Result};
-use crate::index::{Access, CounterValues, Index, IndexConfig, Lookup, Op, Outcome, RecordRow};
+use crate::index::{Access, CounterValues, IndexConfig, Lookup, Op, Outcome, RecordRow};
 use crate::key::{self, Category};
 use crate::layout::Layout;
 use crate::options::{Durability, PutOptions, StoreOptions};
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
+use crate::share::Share;
 use crate::verify::{VerifyOptions, VerifyReport};
 
 /// How many times a put retries while the sweeper is deleting its blob.
@@ -57,13 +57,14 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What a [`Store`] handle shares: its clones (and the owner socket's
+/// serving threads, weakly) point here.
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     layout: Layout,
     opts: StoreOptions,
     blobs: Blobs,
-    index: Arc<Index>,
-    _owner_lock: File,
+    share: Share,
 }
 
 /// What a put stored.
@@ -290,19 +291,20 @@ impl Store {
     /// Opens the cache in `dir`, creating it if needed.
     ///
     /// Creates the layout (0700 directories, 0600 files), writes or checks
-    /// `VERSION` (a newer format is refused), takes `locks/owner.lock`,
-    /// opens or repairs the index and replays its journal, and removes
-    /// staging files left by dead writers. If another process holds the
-    /// cache, returns [`Error::Locked`].
+    /// `VERSION` (a newer format is refused) and removes staging files left
+    /// by dead writers. Then, with the default [`crate::Sharing::Shared`], this
+    /// process becomes the cache's owner (it opens the index, replays its
+    /// journal and serves other processes on `owner.sock`) or, when another
+    /// process already owns it, a guest of that owner: the API is the same
+    /// either way, and a guest takes over when the owner goes away.
+    ///
+    /// While another process holds the cache without sharing it, waits up
+    /// to [`StoreOptions::owner_timeout`] and then returns
+    /// [`Error::Locked`].
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let layout = Layout::new(dir.as_ref());
         layout.prepare()?;
         layout.warn_if_network_fs();
-        let Some(lock) = layout.try_lock("owner.lock")? else {
-            return Err(Error::Locked {
-                path: layout.root.clone(),
-            });
-        };
         let sync = opts.durability == Durability::Synced;
         let blobs = Blobs::new(layout.blobs.clone(), layout.tmp.clone(), sync);
         let removed = blobs.clean_staging(opts.staging_grace)?;
@@ -314,14 +316,13 @@ impl Store {
             flush_interval: opts.flush_interval,
             sync,
         };
-        let (index, reset) = Index::open(&layout.index, &layout.journal, &cfg)?;
+        let (share, reset) = Share::open(layout.clone(), cfg, opts.sharing, opts.owner_timeout)?;
         let store = Store {
             inner: Arc::new(Inner {
                 layout,
                 opts,
                 blobs,
-                index,
-                _owner_lock: lock,
+                share,
             }),
         };
         if reset {
@@ -329,7 +330,24 @@ impl Store {
             // refcounts of the old one: recount them.
             crate::verify::rebuild_counts(&store)?;
         }
+        store.inner.share.start(Arc::downgrade(&store.inner))?;
         Ok(store)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Store {
+        Store { inner }
+    }
+
+    /// True when this process owns the cache's index (and serves other
+    /// processes); false for a guest. Informational: the API behaves the
+    /// same either way, and a guest may become the owner at any request.
+    pub fn is_owner(&self) -> bool {
+        self.inner.share.is_owner()
+    }
+
+    /// Process id of the cache's current owner.
+    pub fn owner_pid(&self) -> u32 {
+        self.inner.share.owner_pid()
     }
 
     /// The cache directory.
@@ -349,7 +367,7 @@ impl Store {
     fn count(&self, f: impl FnOnce(&mut CounterValues)) {
         let mut d = CounterValues::default();
         f(&mut d);
-        self.inner.index.count(&d);
+        self.inner.share.count(&d);
     }
 
     /// Stores `payload` under `(backend, signature)`, replacing what was
@@ -431,7 +449,7 @@ impl Store {
                 inline: inline.map(ByteBuf::from),
                 gone_seen,
             };
-            match self.inner.index.apply(&op)? {
+            match self.inner.share.apply(&op)? {
                 Outcome::Retry { gone_since, .. } => {
                     reuse_known = false;
                     match gone_since {
@@ -523,7 +541,7 @@ impl Store {
     /// The index's info on `hash` if the blob can be reused as it is, so a
     /// duplicate payload is neither compressed nor written again.
     fn reusable_blob(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
-        let Some(info) = self.inner.index.blob_info(hash)? else {
+        let Some(info) = self.inner.share.blob_info(hash)? else {
             return Ok(None);
         };
         if info.state != BlobState::Live {
@@ -632,7 +650,7 @@ impl Store {
         now: u64,
         allow_stale: bool,
     ) -> Result<Option<(Lookup, bool)>> {
-        let found = self.inner.index.lookup(key)?;
+        let found = self.inner.share.lookup(key)?;
         let Some(lookup) = found else {
             self.count(|c| c.misses = 1);
             return Ok(None);
@@ -654,7 +672,7 @@ impl Store {
             }
         });
         self.inner
-            .index
+            .share
             .record_access([(key.to_vec(), Access { hits: 1, last: now })]);
     }
 
@@ -664,7 +682,7 @@ impl Store {
     /// `record`: then the blob went away with a concurrent change, not
     /// through damage.
     fn heal(&self, key: &[u8], record: &Record, why: &str) -> bool {
-        if let Ok(current) = self.inner.index.lookup(key)
+        if let Ok(current) = self.inner.share.lookup(key)
             && current.is_none_or(|l| {
                 l.record.hash != record.hash || l.record.created_at != record.created_at
             })
@@ -687,7 +705,7 @@ impl Store {
             key: ByteBuf::from(key.to_vec()),
             hash: Some(record.hash),
         };
-        if let Err(e) = self.inner.index.apply(&op) {
+        if let Err(e) = self.inner.share.apply(&op) {
             log::warn!("could not drop entry {}: {e}", key::display(key));
         }
         true
@@ -764,7 +782,7 @@ impl Store {
         let key = key::encode(backend, signature.as_ref())?;
         Ok(self
             .inner
-            .index
+            .share
             .lookup(&key)?
             .map(|l| EntryMeta::from_record(&key, &l.record)))
     }
@@ -785,7 +803,7 @@ impl Store {
             key: ByteBuf::from(key),
             hash: None,
         };
-        Ok(self.inner.index.apply(&op)? == Outcome::Applied(true))
+        Ok(self.inner.share.apply(&op)? == Outcome::Applied(true))
     }
 
     /// Sets the entry to expire `ttl` from now (extending or shortening
@@ -796,7 +814,7 @@ impl Store {
             key: ByteBuf::from(key),
             expires_at: add_ms(self.now(), ttl),
         };
-        Ok(self.inner.index.apply(&op)? == Outcome::Applied(true))
+        Ok(self.inner.share.apply(&op)? == Outcome::Applied(true))
     }
 
     /// The entries selected, in key order (backend, then signature),
@@ -817,12 +835,12 @@ impl Store {
         let prefix = selector.key_prefix()?;
         let mut removed = 0;
         loop {
-            let page = self.inner.index.scan(&prefix, None, PAGE)?;
+            let page = self.inner.share.scan(&prefix, None, PAGE)?;
             if page.is_empty() {
                 return Ok(removed);
             }
             let keys = page.into_iter().map(|(k, _)| ByteBuf::from(k)).collect();
-            if let Outcome::Count(n) = self.inner.index.apply(&Op::DeleteMany { keys })? {
+            if let Outcome::Count(n) = self.inner.share.apply(&Op::DeleteMany { keys })? {
                 removed += n;
             }
         }
@@ -834,12 +852,12 @@ impl Store {
         let now = self.now();
         let mut removed = 0;
         loop {
-            let keys = self.inner.index.expired_keys(now, PAGE)?;
+            let keys = self.inner.share.expired_keys(now, PAGE)?;
             if keys.is_empty() {
                 return Ok(removed);
             }
             let keys = keys.into_iter().map(ByteBuf::from).collect();
-            match self.inner.index.apply(&Op::Expire { keys, before: now })? {
+            match self.inner.share.apply(&Op::Expire { keys, before: now })? {
                 Outcome::Count(0) => return Ok(removed),
                 Outcome::Count(n) => removed += n,
                 _ => return Ok(removed),
@@ -849,10 +867,10 @@ impl Store {
 
     /// Counts and sizes.
     pub fn stats(&self) -> Result<Stats> {
-        let index = &self.inner.index;
+        let index = &self.inner.share;
         let state = index.state()?;
         let expired = index.count_expired(self.now())?.min(state.entries);
-        let c = index.counters();
+        let c = index.counters()?;
         let backends = index
             .backends()?
             .into_iter()
@@ -869,7 +887,7 @@ impl Store {
             blobs: state.blobs,
             raw_bytes: state.raw_bytes,
             blob_bytes: state.blob_bytes,
-            index_bytes: index.disk_size(),
+            index_bytes: index.disk_size()?,
             hits: c.hits,
             misses: c.misses,
             stale_hits: c.stale_hits,
@@ -883,7 +901,7 @@ impl Store {
     /// Makes everything written so far durable in the index now (it
     /// otherwise happens every flush interval and on close).
     pub fn flush(&self) -> Result<()> {
-        self.inner.index.checkpoint()
+        self.inner.share.checkpoint()
     }
 
     /// Checks the whole cache for inconsistencies and, with
@@ -900,11 +918,11 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
-        crate::verify::verify(self, opts)
+        self.inner.share.verify(self, opts)
     }
 
-    pub(crate) fn index(&self) -> &Index {
-        &self.inner.index
+    pub(crate) fn index(&self) -> &Share {
+        &self.inner.share
     }
 
     pub(crate) fn blob_store(&self) -> &Blobs {
@@ -946,7 +964,7 @@ impl Iterator for Entries {
             let page = match self
                 .store
                 .inner
-                .index
+                .share
                 .scan(&self.prefix, self.after.as_deref(), PAGE)
             {
                 Ok(p) => p,

@@ -50,7 +50,8 @@ impl VerifyOptions {
 }
 
 /// What kind of inconsistency was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProblemKind {
     /// An index record cannot be decoded.
@@ -88,7 +89,7 @@ impl ProblemKind {
 }
 
 /// One inconsistency.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// What kind.
     pub kind: ProblemKind,
@@ -111,7 +112,7 @@ impl fmt::Display for Problem {
 }
 
 /// The outcome of [`Store::verify`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// Entries checked.
     pub entries: u64,

@@ -1,4 +1,4 @@
-//! Real processes and real crashes: a second process on a busy cache,
+//! Real processes and real crashes: a second process on an exclusively held cache,
 //! `kill -9` of writers in the middle of their work.
 
 mod common;
@@ -7,7 +7,7 @@ use std::io::{BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-use blobcache::{Error, PutOptions, Store, StoreOptions};
+use blobcache::{Error, PutOptions, Sharing, Store, StoreOptions};
 use common::*;
 
 /// Payload number `i` of the worker's put sequence: mixes inline and file
@@ -32,9 +32,11 @@ fn worker() {
     let parts: Vec<&str> = spec.split('|').collect();
     let dir = std::path::Path::new(parts[1]);
     match parts[0] {
-        // Open the store, say so, and hold it until stdin closes.
+        // Open the store for exclusive use, say so, and hold it until
+        // stdin closes.
         "hold" => {
-            let store = Store::open(dir, StoreOptions::default()).unwrap();
+            let opts = StoreOptions::default().sharing(Sharing::Exclusive);
+            let store = Store::open(dir, opts).unwrap();
             println!("ready");
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
             drop(store);
@@ -56,20 +58,30 @@ fn worker() {
 }
 
 #[test]
-fn second_process_gets_a_clear_locked_error() {
+fn an_exclusive_holder_locks_others_out_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = spawn_worker(&format!("hold|{}", dir.path().display()));
     let mut out = BufReader::new(holder.stdout.take().unwrap());
     assert!(wait_for_line(&mut out, |l| l == "ready").is_some());
 
-    let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    let opts = StoreOptions::default().owner_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = Store::open(dir.path(), opts.clone()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
     assert!(
         err.to_string().contains("in use by another process"),
         "{err}"
     );
+    // Asking for exclusive use while it is held fails the same way.
+    let err = Store::open(dir.path(), opts.sharing(Sharing::Exclusive)).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
     // The CLI says the same and exits 2, with no panic or backtrace.
-    let o = cli(dir.path()).args(["get", "b", "s"]).output().unwrap();
+    let o = cli(dir.path())
+        .env("BLOBCACHE_OWNER_TIMEOUT", "300ms")
+        .args(["get", "b", "s"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");

@@ -82,6 +82,15 @@ pub fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// libtest arguments that run only a test file's `worker` entry point.
+pub const WORKER_ARGS: [&str; 5] = [
+    "--ignored",
+    "--exact",
+    "worker",
+    "--nocapture",
+    "--test-threads=1",
+];
+
 /// Environment variable that turns a test binary into a worker process.
 pub const WORKER_ENV: &str = "BLOBCACHE_TEST_WORKER";
 
@@ -89,13 +98,7 @@ pub const WORKER_ENV: &str = "BLOBCACHE_TEST_WORKER";
 /// file's `worker` entry point). Stdout is piped for its progress lines.
 pub fn spawn_worker(spec: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "worker",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(WORKER_ARGS)
         .env(WORKER_ENV, spec)
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
