@@ -190,7 +190,7 @@ fn verify_report(r: &VerifyReport, clean: bool, repair: bool, ctx: &Ctx) -> Resu
         })?;
     } else {
         out.line(format_args!(
-            "checked {} and {} blobs ({} orphan files, removed by GC): {} problems",
+            "checked {}; blobs: {}, orphan files: {} (GC removes them), problems: {}",
             output::entries(r.entries),
             r.blobs,
             r.orphan_files,
