@@ -196,6 +196,17 @@ pub enum Error {
         size: u64,
     },
 
+    /// A destructive operation needs a confirmation that was not given
+    /// (on the command line: no `--yes`, and no terminal to ask on).
+    #[error(
+        "{action} needs confirmation and there is no terminal to ask on; nothing was removed: \
+         pass --yes to confirm"
+    )]
+    NotConfirmed {
+        /// What would have been done, e.g. "clearing 12 entries of backend tmdb".
+        action: String,
+    },
+
     /// An index operation could not complete because the blob it needs is
     /// being deleted by the sweeper, and retrying did not help.
     #[error("blob {hash} stayed busy (being swept) after {attempts} attempts; retry later")]

@@ -50,7 +50,7 @@ pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, Sharing, Sto
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };
-pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport};
+pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

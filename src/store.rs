@@ -832,6 +832,27 @@ impl Store {
 
     /// Removes the selected entries; returns how many.
     pub fn clear(&self, selector: &Selector) -> Result<u64> {
+        self.clear_with_progress(selector, |_| {})
+    }
+
+    /// Like [`Store::clear`], calling `progress` with the running count of
+    /// removed entries after each page (about a thousand entries).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use blobcache::{PutOptions, Selector, Store, StoreOptions};
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// store.put("tmdb", "movie/1", b"{}", &PutOptions::new())?;
+    /// let mut last = 0;
+    /// let n = store.clear_with_progress(&Selector::backend("tmdb"), |done| last = done)?;
+    /// assert_eq!((n, last), (1, 1));
+    /// # Ok::<(), blobcache::Error>(())
+    /// ```
+    pub fn clear_with_progress(
+        &self,
+        selector: &Selector,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64> {
         let prefix = selector.key_prefix()?;
         let mut removed = 0;
         loop {
@@ -842,6 +863,7 @@ impl Store {
             let keys = page.into_iter().map(|(k, _)| ByteBuf::from(k)).collect();
             if let Outcome::Count(n) = self.inner.share.apply(&Op::DeleteMany { keys })? {
                 removed += n;
+                progress(removed);
             }
         }
     }

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
+use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
@@ -21,11 +22,39 @@ use crate::key;
 use crate::record::{BlobInfo, BlobState, Record};
 use crate::store::Store;
 
+/// Called by [`Store::verify`] as it checks each entry, with the entry's
+/// position (1-based) and the number of entries.
+pub type VerifyProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Options for [`Store::verify`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// ```
+/// use blobcache::VerifyOptions;
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let checked = Arc::new(AtomicU64::new(0));
+/// let seen = checked.clone();
+/// let opts = VerifyOptions::new()
+///     .full(true)
+///     .progress(Arc::new(move |done, _total| seen.store(done, Ordering::Relaxed)));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
 pub struct VerifyOptions {
     pub(crate) full: bool,
     pub(crate) repair: bool,
+    pub(crate) progress: Option<VerifyProgress>,
+}
+
+impl fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("full", &self.full)
+            .field("repair", &self.repair)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl VerifyOptions {
@@ -45,6 +74,13 @@ impl VerifyOptions {
     /// undecodable records, and rebuild refcounts, expiry order and totals.
     pub fn repair(mut self, yes: bool) -> Self {
         self.repair = yes;
+        self
+    }
+
+    /// Reports progress while entries are checked (see [`VerifyProgress`]);
+    /// for progress bars on long, full checks.
+    pub fn progress(mut self, report: VerifyProgress) -> Self {
+        self.progress = Some(report);
         self
     }
 }
@@ -155,7 +191,7 @@ pub(crate) fn verify(store: &Store, opts: VerifyOptions) -> Result<VerifyReport>
     };
     let infos = decode_infos(&snap, &mut report);
     report.blobs = infos.len() as u64;
-    let bad_entries = check_records(store, &snap, &infos, opts.full, &mut report);
+    let bad_entries = check_records(store, &snap, &infos, &opts, &mut report);
     check_refcounts(&snap, &infos, &mut report);
     check_expiry(&snap, &mut report);
     check_totals(&snap, &infos, &mut report);
@@ -195,13 +231,17 @@ fn check_records(
     store: &Store,
     snap: &Snapshot,
     infos: &HashMap<BlobHash, BlobInfo>,
-    full: bool,
+    opts: &VerifyOptions,
     report: &mut VerifyReport,
 ) -> Vec<(Vec<u8>, Record, bool)> {
     let inline: HashSet<&[u8]> = snap.inline.iter().map(|k| k.as_slice()).collect();
     let mut bad = Vec::new();
     let mut verdicts: HashMap<BlobHash, Option<(ProblemKind, String)>> = HashMap::new();
-    for (k, rec) in &snap.records {
+    let total = snap.records.len() as u64;
+    for (done, (k, rec)) in (1..).zip(&snap.records) {
+        if let Some(tick) = &opts.progress {
+            tick(done, total);
+        }
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
@@ -218,7 +258,7 @@ fn check_records(
         }
         let verdict = verdicts
             .entry(rec.hash)
-            .or_insert_with(|| check_blob(store, rec, infos.get(&rec.hash), &inline, full));
+            .or_insert_with(|| check_blob(store, rec, infos.get(&rec.hash), &inline, opts.full));
         if let Some((kind, why)) = verdict {
             report.problem(*kind, key::display(k), format!("blob {}: {why}", rec.hash));
             bad.push((k.clone(), rec.clone(), *kind == ProblemKind::CorruptBlob));
@@ -462,4 +502,31 @@ pub(crate) fn rebuild_counts(store: &Store) -> Result<u64> {
         Some(file_blob_info(rec, meta.len(), fsutil::disk_bytes(&meta)))
     };
     store.index().rebuild_counts(&file_info)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{PutOptions, StoreOptions};
+
+    #[test]
+    fn progress_reports_every_entry_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        for i in 0..5u8 {
+            store.put("b", [i], &[i; 100], &PutOptions::new()).unwrap();
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let opts = VerifyOptions::new()
+            .full(true)
+            .progress(Arc::new(move |done, total| {
+                sink.lock().unwrap().push((done, total))
+            }));
+        assert!(store.verify(opts).unwrap().is_clean());
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, (1..=5).map(|d| (d, 5)).collect::<Vec<_>>());
+    }
 }

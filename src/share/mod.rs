@@ -491,13 +491,13 @@ impl Share {
     }
 
     /// Runs `verify` in the owner (here, or by asking it).
+    /// (A guest's progress callback is not called: the work happens in
+    /// the owner.)
     pub fn verify(&self, store: &Store, opts: VerifyOptions) -> Result<VerifyReport> {
+        let (full, repair) = (opts.full, opts.repair);
         self.call(
             |_| crate::verify::verify(store, opts),
-            || Request::Verify {
-                full: opts.full,
-                repair: opts.repair,
-            },
+            || Request::Verify { full, repair },
             |r| match r {
                 Response::Verify(v) => Some(v),
                 _ => None,

@@ -1,0 +1,193 @@
+//! `blobcache get`: write a cached payload (or its metadata) out.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use blobcache::{EntryMeta, Error, Store};
+use clap::Args;
+
+use super::output::{self, EntryJson, Out, PumpError};
+use super::{Ctx, Status};
+
+const EXAMPLES: &str = "\
+Examples:
+  blobcache get tmdb movie/603 > movie.json
+  blobcache get anidb dump/2026-11 -o dump.xml
+  blobcache get tmdb movie/603 --stale || curl ...   # serve expired data offline
+  blobcache get tmdb movie/603 --meta                # headers, times, sizes
+  blobcache --json get tmdb movie/603 --meta | jq .expires_at_ms
+
+Exit codes: 0 hit, 1 miss (absent or expired entry, or no cache yet),
+2 error. The payload is written byte for byte; `-o` writes it atomically
+(a temporary file renamed into place) and leaves no partial file.";
+
+/// Arguments of `get`.
+#[derive(Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct GetArgs {
+    /// Backend name.
+    backend: String,
+    /// Signature.
+    signature: String,
+    /// Write the payload to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also serve an expired entry (until GC removes it).
+    #[arg(long)]
+    stale: bool,
+    /// Print the entry's metadata (sizes, times, headers) instead of the
+    /// payload; with -o the payload still goes to the file.
+    #[arg(long)]
+    meta: bool,
+}
+
+/// Runs `get`.
+pub fn run(a: GetArgs, ctx: &Ctx) -> Result<Status, Error> {
+    let Some(store) = ctx.open_existing()? else {
+        return Ok(Status::NotFound);
+    };
+    if a.meta && a.output.is_none() {
+        return print_meta_only(&store, &a, ctx);
+    }
+    let reader = if a.stale {
+        store.get_reader_stale(&a.backend, &a.signature)?
+    } else {
+        store.get_reader(&a.backend, &a.signature)?
+    };
+    let Some(mut reader) = reader else {
+        return Ok(Status::NotFound);
+    };
+    let key = format!("{}/{}", a.backend, a.signature);
+    match &a.output {
+        Some(path) => write_file_atomic(path, &mut reader, &key)?,
+        None => {
+            let mut out = Out::new();
+            pump_to(&mut reader, out.writer(), &key, || {
+                PathBuf::from("standard output")
+            })?;
+            out.flush()?;
+        }
+    }
+    if a.meta {
+        print_meta(&reader.meta, ctx)?;
+    }
+    Ok(Status::Done)
+}
+
+/// `--meta` without `-o`: the metadata alone, without reading the payload.
+fn print_meta_only(store: &Store, a: &GetArgs, ctx: &Ctx) -> Result<Status, Error> {
+    let Some(meta) = store.meta(&a.backend, &a.signature)? else {
+        return Ok(Status::NotFound);
+    };
+    if meta.is_expired_at(output::now_ms()) && !a.stale {
+        return Ok(Status::NotFound);
+    }
+    print_meta(&meta, ctx)?;
+    Ok(Status::Done)
+}
+
+fn print_meta(m: &EntryMeta, ctx: &Ctx) -> Result<(), Error> {
+    let now = output::now_ms();
+    let mut out = Out::new();
+    if ctx.json {
+        out.json(&EntryJson::new(m, now))?;
+        return out.flush();
+    }
+    let rows = [
+        ("backend", m.backend.clone()),
+        ("signature", m.signature_str().into_owned()),
+        ("hash", m.hash.to_string()),
+        ("size", output::size(m.raw_size)),
+        (
+            "stored",
+            format!(
+                "{} ({})",
+                output::size(m.stored_size),
+                output::storage(m.compressed, m.inline)
+            ),
+        ),
+        ("category", m.category.to_string()),
+        ("created", output::timestamp(m.created_at)),
+        ("fetched", output::timestamp(m.fetched_at)),
+        (
+            "expires",
+            format!(
+                "{} ({})",
+                output::timestamp(m.expires_at),
+                output::expires_in(m.expires_at, now)
+            ),
+        ),
+        ("hits", m.hits.to_string()),
+    ];
+    for (name, value) in rows {
+        out.line(format_args!("{name:<12}{value}"))?;
+    }
+    if let Some(ct) = &m.content_type {
+        out.line(format_args!("{:<12}{ct}", "type"))?;
+    }
+    for (name, value) in &m.headers {
+        out.line(format_args!("{:<12}{name}: {value}", "header"))?;
+    }
+    out.flush()
+}
+
+/// Copies the payload, telling a damaged payload (read error) from a
+/// failed destination (write error).
+fn pump_to(
+    src: &mut impl Read,
+    dst: &mut impl Write,
+    key: &str,
+    dst_name: impl FnOnce() -> PathBuf,
+) -> Result<u64, Error> {
+    output::pump(src, dst).map_err(|e| match e {
+        PumpError::Read(source) => Error::Source {
+            key: key.to_string(),
+            source,
+        },
+        PumpError::Write(source) => Error::Io {
+            op: "write to",
+            path: dst_name(),
+            source,
+        },
+    })
+}
+
+/// Writes `src` to a fresh file beside `path`, then renames it into place;
+/// on any failure the temporary file is removed and `path` is untouched.
+fn write_file_atomic(path: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "payload".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.blobcache-{}.tmp", std::process::id()));
+    let result = fill_new_file(&tmp, src, key).and_then(|_| {
+        fs::rename(&tmp, path).map_err(|source| Error::Io {
+            op: "rename the output into",
+            path: path.to_path_buf(),
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn fill_new_file(tmp: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
+    let io_err = |op, source| Error::Io {
+        op,
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| io_err("create", e))?;
+    pump_to(src, &mut f, key, || tmp.to_path_buf())?;
+    f.sync_all().map_err(|e| io_err("sync", e))
+}

@@ -1,0 +1,211 @@
+//! Writing results: stdout with broken-pipe handling, JSON documents, the
+//! JSON shape of an entry, and human forms of sizes, times and durations.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blobcache::{EntryMeta, Error, system_time_ms};
+use bytesize::ByteSize;
+use serde::Serialize;
+
+/// Wraps a failed write to standard output.
+pub fn stdout_error(source: io::Error) -> Error {
+    Error::Io {
+        op: "write to",
+        path: PathBuf::from("standard output"),
+        source,
+    }
+}
+
+/// True when `e` is a write to a pipe whose reader has gone (`| head`).
+pub fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Standard output, locked, with errors mapped to [`Error`].
+pub struct Out {
+    inner: io::StdoutLock<'static>,
+}
+
+impl Out {
+    /// Locks standard output.
+    pub fn new() -> Out {
+        Out {
+            inner: io::stdout().lock(),
+        }
+    }
+
+    /// Writes one line.
+    pub fn line(&mut self, text: impl std::fmt::Display) -> Result<(), Error> {
+        writeln!(self.inner, "{text}").map_err(stdout_error)
+    }
+
+    /// Writes `value` as one line of compact JSON.
+    pub fn json<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
+        serde_json::to_writer(&mut self.inner, value)
+            .map_err(|e| stdout_error(io::Error::other(e)))?;
+        self.line("")
+    }
+
+    /// Writes raw bytes (for streamed JSON arrays).
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.inner.write_all(bytes).map_err(stdout_error)
+    }
+
+    /// Flushes; call before returning so a late error is reported.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.inner.flush().map_err(stdout_error)
+    }
+
+    /// The underlying writer.
+    pub fn writer(&mut self) -> &mut impl Write {
+        &mut self.inner
+    }
+}
+
+/// Where [`pump`] failed.
+pub enum PumpError {
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the destination failed.
+    Write(io::Error),
+}
+
+/// Copies `src` to `dst` through a 256 KiB buffer, telling read errors from
+/// write errors; returns the bytes copied.
+pub fn pump(src: &mut impl Read, dst: &mut impl Write) -> Result<u64, PumpError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        dst.write_all(&buf[..n]).map_err(PumpError::Write)?;
+        total += n as u64;
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    system_time_ms(SystemTime::now())
+}
+
+/// `1.5 KiB`, `31 B`.
+pub fn size(bytes: u64) -> String {
+    ByteSize(bytes).display().iec().to_string()
+}
+
+/// A duration rounded to its two largest units: `2days 23h`, `59m 58s`.
+pub fn coarse(d: Duration) -> String {
+    let secs = d.as_secs();
+    let unit = match secs {
+        s if s >= 86_400 => 3600,
+        s if s >= 3600 => 60,
+        _ => 1,
+    };
+    let rounded = Duration::from_secs(secs / unit * unit);
+    humantime::format_duration(rounded).to_string()
+}
+
+/// `in 2days 23h` or `expired 5m ago`, for an expiry time in ms.
+pub fn expires_in(expires_at: u64, now: u64) -> String {
+    if expires_at > now {
+        format!("in {}", coarse(Duration::from_millis(expires_at - now)))
+    } else {
+        format!(
+            "expired {} ago",
+            coarse(Duration::from_millis(now - expires_at))
+        )
+    }
+}
+
+/// RFC 3339 time (UTC, seconds) of a time in ms since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `3.21x`, or `-` when the denominator is zero.
+pub fn ratio(num: u64, den: u64) -> String {
+    if den == 0 {
+        return "-".into();
+    }
+    format!("{:.2}x", num as f64 / den as f64)
+}
+
+/// A header as JSON.
+#[derive(Serialize)]
+pub struct HeaderJson<'a> {
+    /// Header name.
+    pub name: &'a str,
+    /// Header value.
+    pub value: &'a str,
+}
+
+/// The JSON shape of an entry (`get --meta --json`, `ls --json`).
+#[derive(Serialize)]
+pub struct EntryJson<'a> {
+    backend: &'a str,
+    signature: String,
+    hash: String,
+    raw_size: u64,
+    stored_size: u64,
+    compressed: bool,
+    inline: bool,
+    category: &'a str,
+    content_type: Option<&'a str>,
+    headers: Vec<HeaderJson<'a>>,
+    created_at_ms: u64,
+    fetched_at_ms: u64,
+    expires_at_ms: u64,
+    expired: bool,
+    hits: u64,
+    last_access_ms: u64,
+    pinned: bool,
+}
+
+impl<'a> EntryJson<'a> {
+    /// The JSON view of `m` at time `now` (ms).
+    pub fn new(m: &'a EntryMeta, now: u64) -> EntryJson<'a> {
+        EntryJson {
+            backend: &m.backend,
+            signature: m.signature_str().into_owned(),
+            hash: m.hash.to_string(),
+            raw_size: m.raw_size,
+            stored_size: m.stored_size,
+            compressed: m.compressed,
+            inline: m.inline,
+            category: m.category.as_str(),
+            content_type: m.content_type.as_deref(),
+            headers: m
+                .headers
+                .iter()
+                .map(|(name, value)| HeaderJson { name, value })
+                .collect(),
+            created_at_ms: m.created_at,
+            fetched_at_ms: m.fetched_at,
+            expires_at_ms: m.expires_at,
+            expired: m.is_expired_at(now),
+            hits: m.hits,
+            last_access_ms: m.last_access,
+            pinned: m.pinned,
+        }
+    }
+}
+
+/// How a stored blob is kept, in words: `zstd, inline`.
+pub fn storage(compressed: bool, inline: bool) -> String {
+    let codec = if compressed { "zstd" } else { "raw" };
+    let place = if inline { "inline" } else { "file" };
+    format!("{codec}, {place}")
+}
+
+/// `1 entry`, `3 entries`.
+pub fn entries(n: u64) -> String {
+    let noun = if n == 1 { "entry" } else { "entries" };
+    format!("{n} {noun}")
+}
