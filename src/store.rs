@@ -49,6 +49,18 @@ const PAGE: usize = 1000;
 /// assert_eq!(hit.data, body);
 /// assert_eq!(hit.meta.headers, vec![("Content-Type".to_string(), "application/json".to_string())]);
 /// assert!(store.get("tmdb", "movie/604")?.is_none());
+///
+/// // One store, many threads: each clone is the same cache.
+/// let workers: Vec<_> = (0..4)
+///     .map(|i| {
+///         let store = store.clone();
+///         std::thread::spawn(move || store.put("tmdb", format!("movie/{i}"), b"{}", &PutOptions::new()))
+///     })
+///     .collect();
+/// for w in workers {
+///     w.join().expect("worker panicked")?;
+/// }
+/// assert!(store.contains("tmdb", "movie/3")?);
 /// # Ok(())
 /// # }
 /// ```
