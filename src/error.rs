@@ -207,6 +207,20 @@ pub enum Error {
         action: String,
     },
 
+    /// A value given to a typed put could not be serialised.
+    #[error(
+        "could not encode the value for {key} as {format}: {reason}; \
+         check the type's Serialize implementation"
+    )]
+    Encode {
+        /// The key, as `backend/signature`.
+        key: String,
+        /// `"CBOR"` or `"JSON"`.
+        format: &'static str,
+        /// What the serialiser said.
+        reason: String,
+    },
+
     /// An index operation could not complete because the blob it needs is
     /// being deleted by the sweeper, and retrying did not help.
     #[error("blob {hash} stayed busy (being swept) after {attempts} attempts; retry later")]
@@ -216,6 +230,31 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+}
+
+/// The error of [`crate::Store::get_or_fetch`]: the caller's own fetch
+/// error, unchanged, or a failure of the cache itself.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError<E> {
+    /// The fetch closure failed and no stale entry within the
+    /// stale-if-error grace could be served instead. This is the closure's
+    /// error as it returned it.
+    #[error("fetching from the upstream failed and nothing cached could be served: {0}")]
+    Upstream(E),
+    /// The cache failed: an invalid key, an I/O error, or a fetched
+    /// response refused by the secret guard.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl<E> FetchError<E> {
+    /// The upstream error, if that is what this is.
+    pub fn upstream(self) -> Option<E> {
+        match self {
+            FetchError::Upstream(e) => Some(e),
+            FetchError::Store(_) => None,
+        }
+    }
 }
 
 fn io_hint(e: &io::Error) -> &'static str {

@@ -28,6 +28,7 @@
 mod blobs;
 mod clock;
 mod error;
+mod fetch;
 mod fsutil;
 mod index;
 mod journal;
@@ -36,17 +37,22 @@ mod layout;
 mod mmap;
 mod options;
 mod record;
+mod secrets;
 mod share;
 mod store;
 pub mod testkit;
+mod typed;
 mod verify;
 
 pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
-pub use error::{Error, Result};
+pub use error::{Error, FetchError, Result};
+pub use fetch::{CacheControl, Fetch, FetchStatus, Fetched};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
-pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, Sharing, StoreOptions};
+pub use options::{
+    DEFAULT_INLINE_THRESHOLD, DEFAULT_STALE_IF_ERROR, Durability, PutOptions, Sharing, StoreOptions,
+};
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::{Category, TtlPolicy};
+use crate::secrets::SecretGuard;
 
 /// When a write counts as done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,11 +61,17 @@ pub struct StoreOptions {
     pub(crate) staging_grace: Duration,
     pub(crate) sharing: Sharing,
     pub(crate) owner_timeout: Duration,
+    pub(crate) secrets: SecretGuard,
+    pub(crate) stale_if_error: Duration,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
 /// the index by default rather than as files.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 16 * 1024;
+
+/// How long after expiry [`crate::Store::get_or_fetch`] may still serve an
+/// entry when the upstream fails (7 days).
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -80,6 +87,8 @@ impl Default for StoreOptions {
             staging_grace: Duration::from_secs(60),
             sharing: Sharing::Shared,
             owner_timeout: Duration::from_secs(10),
+            secrets: SecretGuard::default(),
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
         }
     }
 }
@@ -145,6 +154,48 @@ impl StoreOptions {
     /// flushes; this bounds how much is replayed after a crash.
     pub fn flush_interval(mut self, every: Duration) -> Self {
         self.flush_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Refuses every write whose payload, stored header values, content
+    /// type or signature contains one of `secrets` (API keys, tokens), with
+    /// [`crate::Error::SecretInPayload`]; the error never repeats the secret.
+    /// Streamed payloads ([`crate::Store::put_reader`]) are scanned as they
+    /// arrive, across chunk boundaries, and a refused stream leaves nothing
+    /// behind. Headers that are always dropped (`Authorization`, `Cookie`,
+    /// ...) or named in [`StoreOptions::drop_header`] are removed before the
+    /// check, so passing a request's headers along is fine. Empty secrets
+    /// are ignored; calling this again adds to the list. The secrets never
+    /// appear in this struct's `Debug` output.
+    ///
+    /// ```
+    /// use blobcache::{Error, PutOptions, Store, StoreOptions};
+    ///
+    /// # fn main() -> blobcache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let api_key = "k-3f9a1c77";
+    /// let store = Store::open(dir.path(), StoreOptions::default().deny_secrets([api_key]))?;
+    ///
+    /// // An upstream that echoes the key back in its response:
+    /// let body = format!(r#"{{"id":1,"next":"/page/2?api_key={api_key}"}}"#);
+    /// let err = store.put("tmdb", "list/1", body.as_bytes(), &PutOptions::new()).unwrap_err();
+    /// assert!(matches!(err, Error::SecretInPayload { .. }));
+    /// assert!(!err.to_string().contains(api_key));
+    /// assert!(store.get("tmdb", "list/1")?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deny_secrets<S: AsRef<[u8]>>(mut self, secrets: impl IntoIterator<Item = S>) -> Self {
+        self.secrets.extend(secrets);
+        self
+    }
+
+    /// How long after its expiry an entry may still be served by
+    /// [`crate::Store::get_or_fetch`] when the fetch fails
+    /// (stale-if-error; default 7 days). Entries past this are not served,
+    /// and the fetch error is returned instead.
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.stale_if_error = grace;
         self
     }
 

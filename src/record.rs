@@ -163,15 +163,18 @@ pub(crate) fn redact_headers(
 ) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            let dropped = ALWAYS_DROPPED_HEADERS
-                .iter()
-                .any(|d| name.eq_ignore_ascii_case(d))
-                || extra.iter().any(|d| name.eq_ignore_ascii_case(d));
-            !dropped
-        })
+        .filter(|(name, _)| !is_dropped_header(name, extra))
         .cloned()
         .collect()
+}
+
+/// True when the header `name` is never stored: one of the always-dropped
+/// credential headers or one named in `extra` (case-insensitive).
+pub(crate) fn is_dropped_header(name: &str, extra: &[String]) -> bool {
+    ALWAYS_DROPPED_HEADERS
+        .iter()
+        .any(|d| name.eq_ignore_ascii_case(d))
+        || extra.iter().any(|d| name.eq_ignore_ascii_case(d))
 }
 
 #[cfg(test)]

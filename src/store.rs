@@ -49,6 +49,18 @@ const PAGE: usize = 1000;
 /// assert_eq!(hit.data, body);
 /// assert_eq!(hit.meta.headers, vec![("Content-Type".to_string(), "application/json".to_string())]);
 /// assert!(store.get("tmdb", "movie/604")?.is_none());
+///
+/// // One store, many threads: each clone is the same cache.
+/// let workers: Vec<_> = (0..4)
+///     .map(|i| {
+///         let store = store.clone();
+///         std::thread::spawn(move || store.put("tmdb", format!("movie/{i}"), b"{}", &PutOptions::new()))
+///     })
+///     .collect();
+/// for w in workers {
+///     w.join().expect("worker panicked")?;
+/// }
+/// assert!(store.contains("tmdb", "movie/3")?);
 /// # Ok(())
 /// # }
 /// ```
@@ -65,6 +77,7 @@ pub(crate) struct Inner {
     opts: StoreOptions,
     blobs: Blobs,
     share: Share,
+    flights: crate::fetch::Flights,
 }
 
 /// What a put stored.
@@ -323,6 +336,7 @@ impl Store {
                 opts,
                 blobs,
                 share,
+                flights: Default::default(),
             }),
         };
         if reset {
@@ -380,36 +394,61 @@ impl Store {
         opts: &PutOptions,
     ) -> Result<PutReport> {
         let key = key::encode(backend, signature.as_ref())?;
+        self.guard_put(backend, signature.as_ref(), &key, Some(payload), opts)?;
+        self.put_bytes(&key, payload, opts)
+    }
+
+    /// Refuses a put that would store a configured secret (see
+    /// [`StoreOptions::deny_secrets`]); a streamed payload is checked as it
+    /// is read instead.
+    fn guard_put(
+        &self,
+        backend: &str,
+        signature: &[u8],
+        key: &[u8],
+        payload: Option<&[u8]>,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let o = &self.inner.opts;
+        o.secrets
+            .check_put(backend, signature, key, payload, opts, &o.drop_headers)
+    }
+
+    fn put_bytes(&self, key: &[u8], payload: &[u8], opts: &PutOptions) -> Result<PutReport> {
         let source = Source::Bytes {
             payload,
             encoded: None,
         };
-        self.commit_put(
-            &key,
-            source,
-            BlobHash::of(payload),
-            payload.len() as u64,
-            opts,
-        )
+        let (hash, raw_size) = (BlobHash::of(payload), payload.len() as u64);
+        self.commit_put(key, source, hash, raw_size, opts)
     }
 
     /// Stores a payload read from `src`, in bounded memory: payloads over a
     /// few MiB are hashed and compressed as they stream into a staging file.
+    /// With [`StoreOptions::deny_secrets`], the stream is scanned as it is
+    /// read; a payload holding a secret is refused and nothing is kept.
     pub fn put_reader(
         &self,
         backend: &str,
         signature: impl AsRef<[u8]>,
-        mut src: impl Read,
+        src: impl Read,
         opts: &PutOptions,
     ) -> Result<PutReport> {
         let key = key::encode(backend, signature.as_ref())?;
+        self.guard_put(backend, signature.as_ref(), &key, None, opts)?;
+        let mut src = self.inner.opts.secrets.scan_reader(src);
+        let tripped = src.tripped();
+        let read_error = |e| match tripped.load(std::sync::atomic::Ordering::SeqCst) {
+            true => crate::secrets::refusal(Some(&key), "payload"),
+            false => source_error(&key, e),
+        };
         let mut first = Vec::new();
         (&mut src)
             .take(STREAM_MIN as u64)
             .read_to_end(&mut first)
-            .map_err(|e| source_error(&key, e))?;
+            .map_err(read_error)?;
         if first.len() < STREAM_MIN {
-            return self.put(backend, signature, &first, opts);
+            return self.put_bytes(&key, &first, opts);
         }
         let codec = choose_stream_codec(&first, self.inner.opts.compression_level);
         let staged = self
@@ -417,7 +456,7 @@ impl Store {
             .blobs
             .write_stream(&first, &mut src, codec, self.inner.opts.compression_level)
             .map_err(|e| match e {
-                StreamError::Source(e) => source_error(&key, e),
+                StreamError::Source(e) => read_error(e),
                 StreamError::Store(e) => e,
             })?;
         let (hash, raw) = (staged.written.hash, staged.written.raw_size);
@@ -945,6 +984,10 @@ impl Store {
 
     pub(crate) fn index(&self) -> &Share {
         &self.inner.share
+    }
+
+    pub(crate) fn flights(&self) -> &crate::fetch::Flights {
+        &self.inner.flights
     }
 
     pub(crate) fn blob_store(&self) -> &Blobs {
