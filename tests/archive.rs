@@ -693,6 +693,21 @@ fn big_cache(bytes: u64) -> tempfile::TempDir {
     dir
 }
 
+/// Opens a cache another process has just closed. A closed `Store` can
+/// leave its index open for a moment in its background flusher (reported
+/// to the core store); wait that out instead of failing.
+fn open_when_released(dir: &Path) -> Store {
+    let mut last = None;
+    for _ in 0..200 {
+        match Store::open(dir, StoreOptions::default()) {
+            Ok(s) => return s,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cache stayed busy: {last:?}");
+}
+
 /// Runs in a child process (see the tests below): exports the cache named
 /// by `BLOBCACHE_ARCHIVE_SRC` and imports it into a fresh cache, then
 /// prints how far the peak memory rose above the memory after opening.
@@ -703,7 +718,7 @@ fn child_export_import() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let src = Store::open(&src_dir, StoreOptions::default()).unwrap();
+    let src = open_when_released(Path::new(&src_dir));
     let dst = Store::open(work.path().join("dst"), StoreOptions::default()).unwrap();
     let base = vm("VmRSS:");
     let file = work.path().join("cache.tar");
