@@ -435,6 +435,64 @@ impl Blobs {
         Ok(())
     }
 
+    /// Copies a blob's stored bytes (`stored_len` of them, exactly as
+    /// another cache keeps them on disk) from `src` into a staging file,
+    /// decoding and hashing them on the way, and links the file into place
+    /// once it proved to hold `hash`. Used by archive import: no
+    /// recompression, one pass, bounded memory.
+    pub fn import_stored(
+        &self,
+        src: &mut dyn Read,
+        want: &StoredBlob,
+    ) -> std::result::Result<Written, ImportBlobError> {
+        let (tmp, lock) = self.stage().map_err(ImportBlobError::Store)?;
+        let mut staged = Staged {
+            written: Written {
+                hash: want.hash,
+                codec: want.codec,
+                raw_size: want.raw_size,
+                stored_size: 0,
+                disk_bytes: 0,
+                existed: false,
+            },
+            tmp,
+            _lock: lock,
+        };
+        let tmp = staged.tmp.clone();
+        let file = staged
+            ._lock
+            .try_clone()
+            .map_err(|e| ImportBlobError::Store(Error::io("open", &tmp, e)))?;
+        let mut sink = BufWriter::with_capacity(CHUNK, file);
+        copy_verified(src, &mut sink, want).map_err(|e| match e {
+            ImportBlobError::Write(e) => ImportBlobError::Store(Error::io("write", &tmp, e)),
+            other => other,
+        })?;
+        sink.flush()
+            .map_err(|e| ImportBlobError::Store(Error::io("write", &tmp, e)))?;
+        if self.sync {
+            staged
+                ._lock
+                .sync_all()
+                .map_err(|e| ImportBlobError::Store(Error::io("sync", &tmp, e)))?;
+        }
+        self.link_staged(&mut staged)
+            .map_err(ImportBlobError::Store)?;
+        Ok(staged.written.clone())
+    }
+
+    /// An empty, locked scratch file in `tmp/`, removed when dropped.
+    pub fn scratch(&self) -> Result<Scratch> {
+        let (path, lock) = self.stage()?;
+        // The staging handle is write-only; the scratch is read back too.
+        let file = fsutil::open_rw(&path).ctx("open", &path)?;
+        Ok(Scratch {
+            path,
+            file,
+            _lock: lock,
+        })
+    }
+
     /// Reads, decodes and verifies the blob file for `hash`.
     pub fn read_file(
         &self,
@@ -611,6 +669,135 @@ fn open_blob(path: &Path) -> Result<File, BlobError> {
             Err(BlobError::Corrupt("blob path is a symbolic link".into()))
         }
         Err(e) => Err(BlobError::Io(Error::io("open", path, e))),
+    }
+}
+
+/// What a blob's stored bytes must turn out to be (see
+/// [`Blobs::import_stored`] and [`copy_verified`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredBlob {
+    pub hash: BlobHash,
+    pub codec: Codec,
+    pub raw_size: u64,
+    /// Exact number of stored bytes the source holds.
+    pub stored_len: u64,
+}
+
+/// Why stored bytes copied from a foreign source were refused.
+#[derive(Debug)]
+pub(crate) enum ImportBlobError {
+    /// The source ended after `got` of the `want` stored bytes.
+    Truncated { got: u64, want: u64 },
+    /// The bytes do not decode to the payload the hash names.
+    Corrupt(String),
+    /// Writing the copy failed.
+    Write(io::Error),
+    /// The store failed (staging file, link).
+    Store(Error),
+}
+
+/// Copies exactly `want.stored_len` stored bytes from `src` into `sink`,
+/// decoding them (for zstd) and hashing the payload as they pass, then
+/// checks the payload's size and blake3 against `want`.
+pub(crate) fn copy_verified(
+    src: &mut dyn Read,
+    sink: &mut dyn Write,
+    want: &StoredBlob,
+) -> std::result::Result<(), ImportBlobError> {
+    let mut tee = Tee {
+        src: src.take(want.stored_len),
+        sink,
+        copied: 0,
+        write_err: None,
+    };
+    let decoded = hash_decoded(&mut tee, want.codec);
+    // Whatever the decoder left unread still belongs to the blob.
+    let drained = io::copy(&mut tee, &mut io::sink());
+    if let Some(e) = tee.write_err.take() {
+        return Err(ImportBlobError::Write(e));
+    }
+    if tee.copied < want.stored_len {
+        return Err(ImportBlobError::Truncated {
+            got: tee.copied,
+            want: want.stored_len,
+        });
+    }
+    let (hash, raw_size) = decoded.map_err(|e| ImportBlobError::Corrupt(e.to_string()))?;
+    drained.map_err(|e| ImportBlobError::Corrupt(e.to_string()))?;
+    if raw_size != want.raw_size {
+        return Err(ImportBlobError::Corrupt(format!(
+            "decodes to {raw_size} bytes, the manifest says {}",
+            want.raw_size
+        )));
+    }
+    if hash != want.hash {
+        return Err(ImportBlobError::Corrupt(
+            "its content does not match its name (blake3 differs)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes everything `src` yields and returns the payload's hash and size.
+fn hash_decoded(src: &mut dyn Read, codec: Codec) -> io::Result<(BlobHash, u64)> {
+    let mut reader: Box<dyn Read + '_> = match codec {
+        Codec::Raw => Box::new(src),
+        Codec::Zstd => {
+            let mut d =
+                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(CHUNK, src))?;
+            d.window_log_max(WINDOW_LOG_MAX)?;
+            Box::new(d)
+        }
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok((BlobHash(*hasher.finalize().as_bytes()), n)),
+            Ok(k) => {
+                hasher.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Passes reads through and writes a copy of every byte to `sink`.
+struct Tee<'a, R> {
+    src: R,
+    sink: &'a mut dyn Write,
+    copied: u64,
+    write_err: Option<io::Error>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.src.read(buf)?;
+        if let Err(e) = self.sink.write_all(&buf[..n]) {
+            let msg = e.to_string();
+            self.write_err = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        self.copied += n as u64;
+        Ok(n)
+    }
+}
+
+/// A locked scratch file in `tmp/` (the lock tells the cleaner its writer
+/// is alive), removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    pub path: PathBuf,
+    pub file: File,
+    _lock: File,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

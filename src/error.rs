@@ -230,6 +230,55 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+
+    /// An archive being imported is truncated, damaged or unsafe (a member
+    /// with a path that could escape, a link, a device, a blob whose content
+    /// does not match its name). Nothing from it was applied.
+    #[error(
+        "cannot import the archive: member {member}: {reason}; nothing from it was imported \
+         (export it again, or check how it was copied)"
+    )]
+    BadArchive {
+        /// The member concerned (its name as stored in the archive).
+        member: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An archive record needs a blob the archive does not contain.
+    #[error(
+        "cannot import the archive: the entry {key} needs blob {hash}, which the archive \
+         does not contain; nothing from it was imported (export it again)"
+    )]
+    ArchiveMissingBlob {
+        /// The entry, as `backend/signature`.
+        key: String,
+        /// Hex hash of the missing blob.
+        hash: String,
+    },
+
+    /// The archive was written by a newer version of blobcache.
+    #[error(
+        "the archive has format version {found}, newer than the {supported} this blobcache \
+         reads; upgrade blobcache to import it"
+    )]
+    NewerArchive {
+        /// Version found in the archive's manifest.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+
+    /// Writing an exported archive to its destination failed.
+    #[error(
+        "writing the archive failed: {source}{}; check the destination",
+        io_hint(source)
+    )]
+    ArchiveWrite {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The error of [`crate::Store::get_or_fetch`]: the caller's own fetch

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+mod archive;
 mod blobs;
 mod clock;
 mod error;
@@ -44,6 +45,10 @@ pub mod testkit;
 mod typed;
 mod verify;
 
+pub use archive::{
+    ARCHIVE_FORMAT_VERSION, ExportOptions, ExportReport, ImportOptions, ImportReport, MergePolicy,
+    Progress,
+};
 pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, FetchError, Result};

@@ -579,7 +579,7 @@ impl Store {
 
     /// The index's info on `hash` if the blob can be reused as it is, so a
     /// duplicate payload is neither compressed nor written again.
-    fn reusable_blob(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
+    pub(crate) fn reusable_blob(&self, hash: &BlobHash) -> Result<Option<BlobInfo>> {
         let Some(info) = self.inner.share.blob_info(hash)? else {
             return Ok(None);
         };

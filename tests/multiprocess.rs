@@ -420,3 +420,21 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(pid, sig).unwrap();
 }
+
+#[test]
+fn closing_an_owner_whose_directory_was_removed_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    store.put("b", "s", b"x", &PutOptions::new()).unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(store);
+        let _ = tx.send(());
+    });
+    // A hang detector, not a speed check: closing takes milliseconds.
+    assert!(
+        rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "closing the store hung"
+    );
+}

@@ -31,7 +31,7 @@ use sled::{IVec, Tree};
 
 pub(crate) use repair::{Snapshot, file_blob_info};
 use tx::{Effects, Tx, TxError};
-pub use tx::{Op, Outcome};
+pub use tx::{ImportItem, Op, Outcome};
 
 use crate::blobs::BlobHash;
 use crate::error::{Error, Result};

@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use sled::IVec;
 
 use super::{BackendTotals, State, Trees};
+use crate::archive::MergePolicy;
 use crate::blobs::BlobHash;
 use crate::key;
 use crate::record::{BlobInfo, BlobState, Record, from_cbor, to_cbor};
@@ -73,6 +74,40 @@ pub enum Op {
         /// New expiry (ms since epoch).
         expires_at: u64,
     },
+    /// Puts a batch of archived entries, each only where `policy` lets it
+    /// replace what the key holds (decided here, under the writer lock).
+    /// One op is one journal frame: a batch is applied whole or not at all.
+    Import {
+        /// The entries, each like an [`Op::Put`].
+        items: Vec<ImportItem>,
+        /// What to do where a key already holds an entry.
+        policy: MergePolicy,
+    },
+    /// Removes those of `keys` that are unpinned and were neither read nor
+    /// written since `before` (a key used since it was listed is kept).
+    DropUnused {
+        /// Entry keys.
+        keys: Vec<ByteBuf>,
+        /// Cut-off (ms since epoch), exclusive.
+        before: u64,
+    },
+}
+
+/// One entry of an [`Op::Import`]; the fields mean what they mean in
+/// [`Op::Put`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImportItem {
+    /// Entry key.
+    pub key: ByteBuf,
+    /// The archived record (hits and last access merge with the
+    /// existing entry's: the larger of both is kept).
+    pub record: Record,
+    /// The blob's info, used when the index does not know the blob yet.
+    pub blob: BlobInfo,
+    /// Stored bytes of an inline blob.
+    pub inline: Option<ByteBuf>,
+    /// See [`Op::Put`].
+    pub gone_seen: Option<u64>,
 }
 
 /// What an op did.
@@ -406,6 +441,27 @@ impl<'a> Tx<'a> {
         Ok(true)
     }
 
+    /// Puts one archived entry if `policy` allows; true if it did.
+    fn import_one(&mut self, item: &ImportItem, policy: MergePolicy) -> TxResult<bool> {
+        if key::decode(&item.key).is_none() {
+            return Err(TxError::Invalid("malformed import item".into()));
+        }
+        let old = self.record(&item.key)?;
+        let held = old.as_ref().and_then(|r| r.as_ref().ok());
+        if !policy.takes(&item.record, held) {
+            return Ok(false);
+        }
+        let mut record = item.record.clone();
+        if let Some(Ok(o)) = &old {
+            // `put` adds the old hits; keep the larger count instead.
+            record.hits = record.hits.saturating_sub(o.hits);
+            record.last_access = record.last_access.max(o.last_access);
+        }
+        let inline = item.inline.as_ref().map(|b| b.as_slice());
+        self.put(&item.key, &record, &item.blob, inline, item.gone_seen)?;
+        Ok(true)
+    }
+
     fn count_or_unchanged(n: u64) -> TxResult<Outcome> {
         if n == 0 {
             return Err(TxError::Unchanged(Outcome::Count(0)));
@@ -445,6 +501,25 @@ impl<'a> Tx<'a> {
                 for k in keys {
                     if let Some(Ok(rec)) = self.record(k)?
                         && rec.expires_at <= *before
+                    {
+                        n += u64::from(self.delete(k, None)?);
+                    }
+                }
+                Self::count_or_unchanged(n)
+            }
+            Op::Import { items, policy } => {
+                let mut n = 0;
+                for item in items {
+                    n += u64::from(self.import_one(item, *policy)?);
+                }
+                Self::count_or_unchanged(n)
+            }
+            Op::DropUnused { keys, before } => {
+                let mut n = 0;
+                for k in keys {
+                    if let Some(Ok(rec)) = self.record(k)?
+                        && !rec.pinned
+                        && rec.last_access.max(rec.created_at) < *before
                     {
                         n += u64::from(self.delete(k, None)?);
                     }

@@ -13,8 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::Duration;
 
 use super::wire::{self, FrameError, Hello, Request, Response, Welcome, WireError};
@@ -35,7 +34,10 @@ pub(crate) struct Server {
     sock: PathBuf,
     closing: Arc<AtomicBool>,
     connections: Connections,
-    acceptor: Option<JoinHandle<()>>,
+    /// A second handle on the listening socket, to shut it down.
+    listener: UnixListener,
+    /// Closed by the acceptor thread when it ends.
+    acceptor_done: Mutex<mpsc::Receiver<()>>,
 }
 
 impl Server {
@@ -47,17 +49,23 @@ impl Server {
         std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))?;
         let closing = Arc::new(AtomicBool::new(false));
         let connections: Connections = Arc::default();
-        let acceptor = {
+        let handle = listener.try_clone()?;
+        let (done_tx, acceptor_done) = mpsc::channel::<()>();
+        {
             let (closing, connections) = (closing.clone(), connections.clone());
             std::thread::Builder::new()
                 .name("blobcache-owner".into())
-                .spawn(move || accept_loop(listener, store, closing, connections))?
-        };
+                .spawn(move || {
+                    accept_loop(listener, store, closing, connections);
+                    drop(done_tx);
+                })?;
+        }
         Ok(Server {
             sock: sock.to_path_buf(),
             closing,
             connections,
-            acceptor: Some(acceptor),
+            listener: handle,
+            acceptor_done: Mutex::new(acceptor_done),
         })
     }
 
@@ -65,10 +73,18 @@ impl Server {
     /// connections are shut down, and the socket file is removed.
     pub fn stop(&mut self) {
         self.closing.store(true, Ordering::SeqCst);
-        // Wake the acceptor out of `accept` so it sees the flag.
+        // Wake the acceptor out of `accept` so it sees the flag: shutting
+        // the listening socket down does it on Linux; connecting works
+        // elsewhere, unless the socket file is already gone. The acceptor
+        // holds the store only weakly, so if it still does not end it is
+        // left to finish on its own rather than hanging the close.
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
         drop(UnixStream::connect(&self.sock));
-        if let Some(h) = self.acceptor.take() {
-            let _ = h.join();
+        let ended = self.acceptor_done.lock().map(|rx| {
+            rx.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Disconnected)
+        });
+        if !matches!(ended, Ok(true)) {
+            log::warn!("the owner socket's acceptor did not stop; leaving it");
         }
         if let Ok(mut conns) = self.connections.lock() {
             for (_, c) in conns.drain() {

@@ -1,0 +1,535 @@
+//! Reading an archive: manifest, then blobs (verified, staged, linked),
+//! then the records, in journaled batches.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+
+use super::{
+    ARCHIVE_FORMAT_VERSION, ImportOptions, ImportReport, MANIFEST_NAME, MAX_MANIFEST, Manifest,
+    ManifestBlob, ManifestEntry, ManifestHead, Progress, member_hash, member_name, report_progress,
+};
+use crate::blobs::{BlobHash, ImportBlobError, Scratch, StoredBlob, copy_verified};
+use crate::error::{Error, Result};
+use crate::index::{ImportItem, Op, Outcome};
+use crate::key;
+use crate::record::{BlobInfo, BlobState, RECORD_VERSION, from_cbor};
+use crate::store::Store;
+
+/// Records per [`Op::Import`] (one journal frame each).
+const BATCH: usize = 1000;
+/// Inline bytes per batch, well under the journal's frame limit.
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How many times a batch is retried while the sweeper holds one of its
+/// blobs.
+const ATTEMPTS: u32 = 50;
+
+/// Where a blob the import needs stands.
+enum Need {
+    /// The cache already holds it.
+    Present(BlobInfo),
+    /// Expected from the archive.
+    Wanted,
+    /// Copied from the archive: a file in place, or inline bytes in the
+    /// pack at `(offset, len)`.
+    Placed {
+        info: BlobInfo,
+        inline: Option<(u64, usize)>,
+    },
+    /// Failed verification (only kept with `skip_damaged`).
+    Rejected,
+}
+
+/// One import in progress.
+struct Session<'a> {
+    store: &'a Store,
+    opts: &'a ImportOptions,
+    now: u64,
+    table: HashMap<BlobHash, ManifestBlob>,
+    needs: HashMap<BlobHash, Need>,
+    seen: HashSet<BlobHash>,
+    /// Inline blobs wait here until their records are applied, so memory
+    /// stays bounded however many there are.
+    pack: Option<Scratch>,
+    pack_len: u64,
+    report: ImportReport,
+    progress: Progress,
+}
+
+fn bad(member: &str, reason: impl Into<String>) -> Error {
+    Error::BadArchive {
+        member: member.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Store {
+    /// Imports an archive written by [`Store::export`], streaming it in
+    /// bounded memory. Each blob is verified (decoded and its blake3
+    /// compared with its name) before it is linked into the cache; blobs
+    /// the cache already holds are skipped. Records are applied, per key as
+    /// [`ImportOptions::merge`] says, only once the whole archive has been
+    /// read: a truncated, damaged, unsafe (`../x`, absolute paths, links,
+    /// devices) or newer-format archive returns an error naming the member
+    /// or key and imports nothing visible.
+    ///
+    /// See [`Store::export`] for an example.
+    pub fn import(&self, reader: impl Read, opts: &ImportOptions) -> Result<ImportReport> {
+        let mut archive = tar::Archive::new(reader);
+        let mut members = archive
+            .entries()
+            .map_err(|e| bad(MANIFEST_NAME, format!("the archive cannot be read: {e}")))?;
+        let manifest = read_manifest(&mut members)?;
+        let mut s = Session::new(self, opts, &manifest)?;
+        let candidates = s.plan(&manifest.records)?;
+        report_progress(&opts.progress, &s.progress);
+        s.receive(&mut members)?;
+        s.check_complete(&manifest)?;
+        s.apply(&manifest, &candidates)?;
+        Ok(s.report)
+    }
+}
+
+/// Reads and checks the first member.
+fn read_manifest<R: Read>(members: &mut tar::Entries<'_, R>) -> Result<Manifest> {
+    let Some(first) = members.next() else {
+        return Err(bad(MANIFEST_NAME, "the archive is empty"));
+    };
+    let mut m = first.map_err(|e| bad(MANIFEST_NAME, format!("its header is unreadable: {e}")))?;
+    let name = check_member(&m)?;
+    if name != MANIFEST_NAME {
+        return Err(bad(
+            &name,
+            format!("the first member must be {MANIFEST_NAME}: this is not a blobcache archive"),
+        ));
+    }
+    let size = m.size();
+    if size > MAX_MANIFEST {
+        return Err(bad(
+            &name,
+            format!("it claims {size} bytes, more than the {MAX_MANIFEST} accepted"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    let read = (&mut m).take(size).read_to_end(&mut bytes);
+    if read.is_err() || bytes.len() as u64 != size {
+        return Err(bad(
+            &name,
+            format!(
+                "it ends after {} of its {size} bytes: the archive is truncated",
+                bytes.len()
+            ),
+        ));
+    }
+    let unreadable = |e: String| bad(MANIFEST_NAME, format!("it is not a readable manifest: {e}"));
+    let head: ManifestHead = from_cbor(&bytes).map_err(unreadable)?;
+    if head.format > ARCHIVE_FORMAT_VERSION {
+        return Err(Error::NewerArchive {
+            found: head.format,
+            supported: ARCHIVE_FORMAT_VERSION,
+        });
+    }
+    let manifest: Manifest = from_cbor(&bytes).map_err(unreadable)?;
+    if manifest.entries != manifest.records.len() as u64 {
+        return Err(bad(
+            MANIFEST_NAME,
+            format!(
+                "it announces {} entries but holds {}",
+                manifest.entries,
+                manifest.records.len()
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The member's name, if it is a regular file with a safe path.
+fn check_member<R: Read>(m: &tar::Entry<'_, R>) -> Result<String> {
+    let name = String::from_utf8_lossy(&m.path_bytes()).into_owned();
+    if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+        return Err(bad(
+            &name,
+            "its path is absolute or climbs out with '..'; it was not extracted",
+        ));
+    }
+    let t = m.header().entry_type();
+    if !t.is_file() {
+        let kind = if t.is_symlink() {
+            "a symbolic link"
+        } else if t.is_hard_link() {
+            "a hard link"
+        } else if t.is_character_special() || t.is_block_special() {
+            "a device"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(bad(
+            &name,
+            format!("it is {kind}; blobcache archives hold regular files only"),
+        ));
+    }
+    Ok(name)
+}
+
+impl<'a> Session<'a> {
+    fn new(store: &'a Store, opts: &'a ImportOptions, manifest: &Manifest) -> Result<Self> {
+        let mut table = HashMap::with_capacity(manifest.blobs.len());
+        for b in &manifest.blobs {
+            if table.insert(b.hash, b.clone()).is_some() {
+                let reason = format!("blob {} is listed twice", b.hash);
+                return Err(bad(MANIFEST_NAME, reason));
+            }
+        }
+        let progress = Progress {
+            blobs_total: manifest.blobs.len() as u64,
+            bytes_total: manifest.blobs.iter().map(|b| b.stored_size).sum(),
+            ..Progress::default()
+        };
+        Ok(Session {
+            store,
+            opts,
+            now: store.options().clock.now_ms(),
+            table,
+            needs: HashMap::new(),
+            seen: HashSet::new(),
+            pack: None,
+            pack_len: 0,
+            report: ImportReport {
+                entries: manifest.entries,
+                ..ImportReport::default()
+            },
+            progress,
+        })
+    }
+
+    /// Checks every record and picks those the merge policy takes now
+    /// (checked again when they are applied); notes the blobs they need.
+    fn plan(&mut self, records: &[ManifestEntry]) -> Result<Vec<usize>> {
+        let mut keys = HashSet::with_capacity(records.len());
+        let mut candidates = Vec::new();
+        for (i, e) in records.iter().enumerate() {
+            let valid = key::decode(&e.key)
+                .is_some_and(|(b, s)| key::encode(&b, &s).is_ok_and(|k| k == e.key.as_slice()));
+            if !valid {
+                return Err(bad(MANIFEST_NAME, format!("entry {i} has an invalid key")));
+            }
+            if !keys.insert(e.key.as_slice()) {
+                let reason = format!("entry {} appears twice", key::display(&e.key));
+                return Err(bad(MANIFEST_NAME, reason));
+            }
+            let hash = e.record.hash;
+            if !self.table.contains_key(&hash) {
+                return Err(Error::ArchiveMissingBlob {
+                    key: key::display(&e.key),
+                    hash: hash.to_hex(),
+                });
+            }
+            if !self.policy_takes(e)? {
+                self.report.skipped += 1;
+                continue;
+            }
+            candidates.push(i);
+            if !self.needs.contains_key(&hash) {
+                let need = match self.store.reusable_blob(&hash)? {
+                    Some(info) => Need::Present(info),
+                    None => Need::Wanted,
+                };
+                self.needs.insert(hash, need);
+            }
+        }
+        Ok(candidates)
+    }
+
+    fn policy_takes(&self, e: &ManifestEntry) -> Result<bool> {
+        let held = match self.store.index().lookup(&e.key) {
+            Ok(found) => found.map(|l| l.record),
+            Err(Error::CorruptRecord { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        Ok(self.opts.merge.takes(&e.record, held.as_ref()))
+    }
+
+    /// Reads the blob members, copying in those still needed.
+    fn receive<R: Read>(&mut self, members: &mut tar::Entries<'_, R>) -> Result<()> {
+        let mut last = MANIFEST_NAME.to_string();
+        for m in members {
+            let mut m = m.map_err(|e| {
+                bad(
+                    &last,
+                    format!("the archive is damaged or truncated after it: {e}"),
+                )
+            })?;
+            let name = check_member(&m)?;
+            let Some(hash) = member_hash(&name) else {
+                return Err(bad(&name, "not a member of a blobcache archive"));
+            };
+            let Some(desc) = self.table.get(&hash).cloned() else {
+                return Err(bad(&name, "this blob is not listed in the manifest"));
+            };
+            let size = m.size();
+            let wanted = matches!(self.needs.get(&hash), Some(Need::Wanted));
+            if self.seen.insert(hash) && wanted {
+                self.take_blob(&mut m, &name, &desc, size)?;
+            } else {
+                self.report.blobs_skipped += 1;
+                self.report.bytes_skipped += size;
+            }
+            self.progress.blobs_done += 1;
+            self.progress.bytes_done += size;
+            report_progress(&self.opts.progress, &self.progress);
+            last = name;
+        }
+        Ok(())
+    }
+
+    /// Copies one blob in, verifying it.
+    fn take_blob(
+        &mut self,
+        src: &mut dyn Read,
+        name: &str,
+        desc: &ManifestBlob,
+        size: u64,
+    ) -> Result<()> {
+        let want = StoredBlob {
+            hash: desc.hash,
+            codec: desc.codec,
+            raw_size: desc.raw_size,
+            stored_len: size,
+        };
+        let inline_max = self.store.options().inline_threshold as u64;
+        let placed = if size <= inline_max {
+            self.take_inline(src, &want)
+        } else {
+            self.store
+                .blob_store()
+                .import_stored(src, &want)
+                .map(|w| Need::Placed {
+                    info: self.blob_info(&want, false, w.stored_size, w.disk_bytes),
+                    inline: None,
+                })
+        };
+        let need = match placed {
+            Ok(need) => {
+                self.report.blobs_imported += 1;
+                self.report.bytes_imported += size;
+                need
+            }
+            Err(ImportBlobError::Truncated { got, want }) => {
+                let reason =
+                    format!("it ends after {got} of its {want} bytes: the archive is truncated");
+                return Err(bad(name, reason));
+            }
+            Err(ImportBlobError::Corrupt(why)) if self.opts.skip_damaged => {
+                log::warn!("import: blob member {name} rejected: {why}");
+                self.report.blobs_rejected += 1;
+                self.report.bytes_rejected += size;
+                Need::Rejected
+            }
+            Err(ImportBlobError::Corrupt(why)) => {
+                return Err(bad(name, format!("the blob is damaged: {why}")));
+            }
+            Err(ImportBlobError::Write(e)) => {
+                let path = self
+                    .pack
+                    .as_ref()
+                    .map(|p| p.path.clone())
+                    .unwrap_or_default();
+                return Err(Error::io("write", path, e));
+            }
+            Err(ImportBlobError::Store(e)) => return Err(e),
+        };
+        self.needs.insert(desc.hash, need);
+        Ok(())
+    }
+
+    /// Verifies a small blob into memory and parks it in the pack file.
+    fn take_inline(
+        &mut self,
+        src: &mut dyn Read,
+        want: &StoredBlob,
+    ) -> std::result::Result<Need, ImportBlobError> {
+        let mut bytes = Vec::with_capacity(usize::try_from(want.stored_len).unwrap_or(0));
+        copy_verified(src, &mut bytes, want)?;
+        if self.pack.is_none() {
+            let pack = self
+                .store
+                .blob_store()
+                .scratch()
+                .map_err(ImportBlobError::Store)?;
+            self.pack = Some(pack);
+        }
+        let offset = self.pack_len;
+        if let Some(pack) = &self.pack {
+            pack.file
+                .write_all_at(&bytes, offset)
+                .map_err(ImportBlobError::Write)?;
+        }
+        self.pack_len += bytes.len() as u64;
+        let n = bytes.len() as u64;
+        Ok(Need::Placed {
+            info: self.blob_info(want, true, n, n),
+            inline: Some((offset, bytes.len())),
+        })
+    }
+
+    fn blob_info(&self, want: &StoredBlob, inline: bool, stored: u64, disk: u64) -> BlobInfo {
+        BlobInfo {
+            version: RECORD_VERSION,
+            refs: 1,
+            state: BlobState::Live,
+            codec: want.codec,
+            inline,
+            raw_size: want.raw_size,
+            stored_size: stored,
+            disk_bytes: disk,
+            since: self.now,
+        }
+    }
+
+    /// Every blob the manifest lists must have been in the archive.
+    fn check_complete(&self, manifest: &Manifest) -> Result<()> {
+        match manifest.blobs.iter().find(|b| !self.seen.contains(&b.hash)) {
+            Some(b) => Err(bad(
+                &member_name(&b.hash),
+                "it is missing: the archive ends before it (truncated?)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the chosen records in batches.
+    fn apply(&mut self, manifest: &Manifest, candidates: &[usize]) -> Result<()> {
+        let shift = if self.opts.ttl_shift {
+            self.now.saturating_sub(manifest.created_at)
+        } else {
+            0
+        };
+        let mut batch = Vec::new();
+        let mut inline_bytes = 0;
+        for &i in candidates {
+            let Some(item) = self.item(&manifest.records[i], shift)? else {
+                self.report.rejected += 1;
+                continue;
+            };
+            inline_bytes += item.inline.as_ref().map_or(0, |b| b.len());
+            batch.push(item);
+            if batch.len() >= BATCH || inline_bytes >= BATCH_BYTES {
+                self.apply_batch(std::mem::take(&mut batch))?;
+                inline_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The op item for one record, or `None` when its blob was rejected.
+    fn item(&self, e: &ManifestEntry, shift: u64) -> Result<Option<ImportItem>> {
+        let hash = e.record.hash;
+        let (info, inline) = match self.needs.get(&hash) {
+            Some(Need::Present(info)) => (info.clone(), None),
+            Some(Need::Placed { info, inline }) => (info.clone(), self.read_pack(*inline)?),
+            Some(Need::Rejected) => return Ok(None),
+            Some(Need::Wanted) | None => {
+                return Err(Error::ArchiveMissingBlob {
+                    key: key::display(&e.key),
+                    hash: hash.to_hex(),
+                });
+            }
+        };
+        let mut record = e.record.clone();
+        record.version = RECORD_VERSION;
+        record.codec = info.codec;
+        record.inline = info.inline;
+        record.raw_size = info.raw_size;
+        record.stored_size = info.stored_size;
+        if record.expires_at != u64::MAX {
+            record.expires_at = record.expires_at.saturating_add(shift);
+        }
+        Ok(Some(ImportItem {
+            key: e.key.clone(),
+            record,
+            blob: info,
+            inline: inline.map(ByteBuf::from),
+            gone_seen: None,
+        }))
+    }
+
+    fn read_pack(&self, at: Option<(u64, usize)>) -> Result<Option<Vec<u8>>> {
+        let (Some((offset, len)), Some(pack)) = (at, &self.pack) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; len];
+        pack.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io("read", &pack.path, e))?;
+        Ok(Some(buf))
+    }
+
+    /// Applies one batch, retrying while the sweeper holds one of its
+    /// blobs.
+    fn apply_batch(&mut self, items: Vec<ImportItem>) -> Result<()> {
+        let total = items.len() as u64;
+        let mut op = Op::Import {
+            items,
+            policy: self.opts.merge,
+        };
+        for attempt in 0..ATTEMPTS {
+            match self.store.index().apply(&op)? {
+                Outcome::Retry { hash, gone_since } => {
+                    self.prepare_retry(&mut op, &hash, gone_since, attempt)?
+                }
+                Outcome::Count(n) => {
+                    self.report.imported += n;
+                    self.report.skipped += total.saturating_sub(n);
+                    return Ok(());
+                }
+                Outcome::Applied(_) => return Ok(()),
+            }
+        }
+        let hash = match &op {
+            Op::Import { items, .. } => items.first().map(|i| i.record.hash.to_hex()),
+            _ => None,
+        };
+        Err(Error::Busy {
+            hash: hash.unwrap_or_default(),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// The sweeper was deleting `hash` (`gone_since: None`: wait) or has
+    /// deleted it since it was checked: if the file this import linked is
+    /// in place, say so and try again.
+    fn prepare_retry(
+        &self,
+        op: &mut Op,
+        hash: &BlobHash,
+        gone_since: Option<u64>,
+        attempt: u32,
+    ) -> Result<()> {
+        let Some(since) = gone_since else {
+            std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt)));
+            return Ok(());
+        };
+        let path = self.store.blob_store().path_for(hash);
+        let present = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if !present {
+            return Err(Error::Busy {
+                hash: hash.to_hex(),
+                attempts: attempt + 1,
+            });
+        }
+        if let Op::Import { items, .. } = op {
+            for item in items.iter_mut().filter(|i| i.record.hash == *hash) {
+                item.gone_seen = Some(since);
+            }
+        }
+        Ok(())
+    }
+}
