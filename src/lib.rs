@@ -29,6 +29,8 @@ mod blobs;
 mod clock;
 mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod journal;
 pub mod key;
