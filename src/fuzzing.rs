@@ -37,7 +37,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::blobs::{self, BlobHash};
 use crate::index::{BackendTotals, CounterValues, State};
 use crate::key::{self, Category, MAX_SIGNATURE_LEN, TtlPolicy};
-use crate::record::{BlobInfo, Record, from_cbor, to_cbor};
+use crate::record::{BlobInfo, from_cbor, to_cbor};
 use crate::testkit::{Rng, json_payload};
 use crate::{Clock, Error, ManualClock, PutOptions, Selector, Store, StoreOptions, VerifyOptions};
 
@@ -125,6 +125,18 @@ pub fn record_seed(payload: &[u8], expires_at: u64) -> Vec<u8> {
     let mut out = to_cbor(&record);
     out.extend_from_slice(&stored);
     out
+}
+
+pub use crate::record::{Codec, Record};
+
+/// Encodes a record exactly as the index stores it (for property tests).
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    to_cbor(record)
+}
+
+/// Decodes a record exactly as the index reads it (for property tests).
+pub fn decode_record(bytes: &[u8]) -> Result<Record, String> {
+    from_cbor(bytes)
 }
 
 /// Decodes `data` as a `T`; if that works, checks that encoding and
