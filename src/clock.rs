@@ -32,7 +32,8 @@ pub fn system_time_ms(t: SystemTime) -> u64 {
     }
 }
 
-/// Adds a duration to a timestamp, saturating at `u64::MAX` (never expires).
+/// Adds a duration to a timestamp, saturating at `u64::MAX`: an expiry
+/// of `u64::MAX` is only reached by a clock that saturated too.
 pub fn add_ms(at: u64, d: Duration) -> u64 {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     at.saturating_add(ms)

@@ -31,6 +31,8 @@ mod clock;
 mod error;
 mod fetch;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod journal;
 pub mod key;

@@ -477,9 +477,8 @@ impl Index {
 
     /// Number of entries whose expiry is at or before `now`.
     pub fn count_expired(&self, now: u64) -> Result<u64> {
-        let end = now.saturating_add(1).to_be_bytes();
         let mut n = 0;
-        for item in self.t.expiry.range(..end.to_vec()) {
+        for item in self.expired_at(now) {
             item.map_err(|e| self.t.err(e))?;
             n += 1;
         }
@@ -488,13 +487,23 @@ impl Index {
 
     /// Keys of up to `limit` entries expired at or before `before`.
     pub fn expired_keys(&self, before: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
-        let end = before.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
-        for item in self.t.expiry.range(..end.to_vec()).take(limit) {
+        for item in self.expired_at(before).take(limit) {
             let (k, _) = item.map_err(|e| self.t.err(e))?;
             out.push(k.get(8..).unwrap_or_default().to_vec());
         }
         Ok(out)
+    }
+
+    /// The expiry-order rows of entries expired at `now` (expiry at or
+    /// before it). At `now == u64::MAX` that is every row: an entry whose
+    /// expiry saturated to `u64::MAX` is expired then too, as `get` says.
+    /// (Fuzzing found `now + 1` saturating and leaving those rows out.)
+    fn expired_at(&self, now: u64) -> sled::Iter {
+        match now.checked_add(1) {
+            Some(end) => self.t.expiry.range(..end.to_be_bytes().to_vec()),
+            None => self.t.expiry.iter(),
+        }
     }
 
     /// Current totals.
@@ -655,7 +664,19 @@ fn open_db(path: &Path, cfg: &IndexConfig) -> std::result::Result<sled::Db, Open
         // would only add fsyncs.
         .flush_every_ms(None);
     // sled panics on some kinds of damage; a cache must not.
-    let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+    let open = || catch_unwind(AssertUnwindSafe(|| config.open()));
+    let mut opened = open();
+    // We hold owner.lock, so sled's own file lock can only be held by a
+    // database of this process that is still closing: sled's background
+    // threads let go of the file a moment after the last handle drops.
+    // Found by fuzzing (tests/fuzz_corpus.rs, regression_reopen_right_after_close).
+    for _ in 0..SLED_LOCK_RETRIES {
+        if !matches!(&opened, Ok(Err(e)) if is_sled_lock_busy(e)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        opened = open();
+    }
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(e))) => Err(OpenFailure::Fatal(Error::io("open index", path, e))),
@@ -669,6 +690,15 @@ fn open_db(path: &Path, cfg: &IndexConfig) -> std::result::Result<sled::Db, Open
             Err(OpenFailure::Damaged(why))
         }
     }
+}
+
+/// How many times (5 ms apart) opening sled is retried while a closing
+/// database of this process still holds its file lock.
+const SLED_LOCK_RETRIES: u32 = 1000;
+
+/// True when sled refused to open because its file lock is taken.
+fn is_sled_lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 fn move_aside(path: &Path) -> Result<PathBuf> {
