@@ -200,6 +200,10 @@ pub(crate) struct Written {
 pub(crate) struct Staged {
     pub written: Written,
     tmp: PathBuf,
+    /// Linked into place at least once: `written.existed` then tells
+    /// whether that first link found the blob already there (later links
+    /// find our own file).
+    linked: bool,
     _lock: File,
 }
 
@@ -349,6 +353,7 @@ impl Blobs {
                 existed: false,
             },
             tmp,
+            linked: false,
             _lock: lock,
         };
         self.fill_staged(staged, first, src, level)
@@ -431,7 +436,10 @@ impl Blobs {
         let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
         staged.written.stored_size = meta.len();
         staged.written.disk_bytes = fsutil::disk_bytes(&meta);
-        staged.written.existed = existed;
+        if !staged.linked {
+            staged.written.existed = existed;
+            staged.linked = true;
+        }
         Ok(())
     }
 
@@ -456,6 +464,7 @@ impl Blobs {
                 existed: false,
             },
             tmp,
+            linked: false,
             _lock: lock,
         };
         let tmp = staged.tmp.clone();

@@ -773,3 +773,18 @@ fn synced_durability_round_trips_through_every_write_path() {
     assert_eq!((h, n), hash_reader(GenReader::new(3, 10 << 20)).unwrap());
     assert_clean(&store);
 }
+
+#[test]
+fn streamed_puts_report_dedup_truthfully() {
+    let (_dir, store, _) = store_with_clock();
+    let size = 9 << 20; // over the in-memory limit: streamed
+    let first = store
+        .put_reader("d", "one", GenReader::new(21, size), &PutOptions::new())
+        .unwrap();
+    assert!(!first.deduplicated, "a new payload is not a duplicate");
+    let second = store
+        .put_reader("d", "two", GenReader::new(21, size), &PutOptions::new())
+        .unwrap();
+    assert!(second.deduplicated, "the same bytes again are");
+    assert_eq!(first.hash, second.hash);
+}
