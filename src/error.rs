@@ -162,6 +162,17 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+
+    /// Another garbage-collection sweep holds `locks/gc.lock`.
+    #[error(
+        "a GC sweep is already running on cache {} (locks/gc.lock is held); \
+         wait for it to finish, or ask to wait (GcOptions::wait / --wait)",
+        path.display()
+    )]
+    SweepRunning {
+        /// The cache directory.
+        path: PathBuf,
+    },
 }
 
 fn io_hint(e: &io::Error) -> &'static str {

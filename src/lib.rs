@@ -29,6 +29,7 @@ mod blobs;
 mod clock;
 mod error;
 mod fsutil;
+mod gc;
 mod index;
 mod journal;
 pub mod key;
@@ -43,6 +44,9 @@ mod verify;
 pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use gc::hooks as test_hooks;
+pub use gc::{GcOptions, GcProgress, GcReport, GcStep};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
 pub use options::{DEFAULT_INLINE_THRESHOLD, Durability, PutOptions, StoreOptions};
