@@ -534,35 +534,160 @@ impl Blobs {
         codec: Codec,
         raw_size: u64,
     ) -> Result<VerifyingReader, BlobError> {
-        let path = self.path_for(hash);
-        let file = open_blob(&path)?;
-        let len = file
-            .metadata()
-            .map_err(|e| BlobError::Io(Error::io("inspect", &path, e)))?
-            .len();
-        // Plain reads, not a memory map: every page of a map that a stream
-        // has passed stays in the process's resident set, so streaming a
-        // 100 MiB blob would grow RSS by 100 MiB; reads keep it bounded.
-        let source: Box<dyn Read + Send> = if len == 0 {
-            Box::new(io::empty())
-        } else {
-            Box::new(file)
-        };
-        let inner: Box<dyn Read + Send> = match codec {
-            Codec::Raw => source,
-            Codec::Zstd => {
-                let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
-                    CHUNK, source,
-                ))
-                .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
-                d.window_log_max(WINDOW_LOG_MAX)
-                    .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
-                Box::new(d)
-            }
-        };
-        Ok(VerifyingReader::new(inner, *hash, raw_size))
+        open_reader_at(&self.path_for(hash), hash, codec, raw_size)
     }
 
+    /// Removes the file of `hash` (the sweeper's job, once the index has
+    /// marked the blob `Deleting`). Returns the bytes it occupied on disk,
+    /// 0 when there was no file.
+    pub fn remove(&self, hash: &BlobHash) -> Result<u64> {
+        let path = self.path_for(hash);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => return Ok(0),
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("inspect", &path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("remove blob", &path, e)),
+        }
+        self.sync_parent(&path)?;
+        Ok(fsutil::disk_bytes(&meta))
+    }
+
+    /// Rewrites the zstd blob `hash` at `level`, streaming in bounded
+    /// memory. The new file is decoded and checked against the hash before
+    /// it atomically replaces the old one (readers holding the old file
+    /// keep reading it); a result that is not smaller is discarded.
+    /// Returns `None` when the blob is missing or damaged (reads heal it).
+    pub fn recompress(
+        &self,
+        hash: &BlobHash,
+        raw_size: u64,
+        level: i32,
+    ) -> Result<Option<Rewritten>> {
+        let path = self.path_for(hash);
+        let old = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("inspect", &path, e)),
+        };
+        let mut src = match self.open_reader(hash, Codec::Zstd, raw_size) {
+            Ok(r) => r,
+            Err(BlobError::Io(e)) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let (tmp, file) = self.stage()?;
+        let written = self
+            .encode_to(&mut src, &file, raw_size, level)
+            .and_then(|()| {
+                let mut check = open_reader_at(&tmp, hash, Codec::Zstd, raw_size)
+                    .map_err(|_| io::Error::other("the new frame does not open"))?;
+                io::copy(&mut check, &mut io::sink()).map(drop)
+            })
+            .and_then(|()| file.metadata());
+        let new = match written {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                if e.kind() == io::ErrorKind::InvalidData {
+                    log::warn!("not recompressing blob {hash}: {e}");
+                    return Ok(None);
+                }
+                return Err(Error::io("recompress into", &tmp, e));
+            }
+        };
+        if new.len() >= old.len() {
+            let _ = fs::remove_file(&tmp);
+            return Ok(Some(Rewritten {
+                stored_size: old.len(),
+                disk_bytes: fsutil::disk_bytes(&old),
+                replaced: false,
+            }));
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("replace blob", &path, e));
+        }
+        self.sync_parent(&path)?;
+        let placed = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        Ok(Some(Rewritten {
+            stored_size: placed.len(),
+            disk_bytes: fsutil::disk_bytes(&placed),
+            replaced: true,
+        }))
+    }
+
+    fn encode_to(
+        &self,
+        src: &mut dyn Read,
+        file: &File,
+        raw_size: u64,
+        level: i32,
+    ) -> io::Result<()> {
+        let out = BufWriter::with_capacity(CHUNK, file);
+        let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        enc.window_log(WINDOW_LOG_MAX - 1)?;
+        enc.set_pledged_src_size(Some(raw_size))?;
+        io::copy(src, &mut enc)?;
+        enc.finish()?.flush()?;
+        if self.sync {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Blobs::recompress`] left in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rewritten {
+    /// Length of the blob file now.
+    pub stored_size: u64,
+    /// Its allocated bytes.
+    pub disk_bytes: u64,
+    /// A smaller file replaced the old one.
+    pub replaced: bool,
+}
+
+/// Opens the blob file at `path` as a verifying stream of `hash`'s bytes.
+fn open_reader_at(
+    path: &Path,
+    hash: &BlobHash,
+    codec: Codec,
+    raw_size: u64,
+) -> Result<VerifyingReader, BlobError> {
+    let file = open_blob(path)?;
+    let len = file
+        .metadata()
+        .map_err(|e| BlobError::Io(Error::io("inspect", path, e)))?
+        .len();
+    // Plain reads, not a memory map: every page of a map that a stream
+    // has passed stays in the process's resident set, so streaming a
+    // 100 MiB blob would grow RSS by 100 MiB; reads keep it bounded.
+    let source: Box<dyn Read + Send> = if len == 0 {
+        Box::new(io::empty())
+    } else {
+        Box::new(file)
+    };
+    let inner: Box<dyn Read + Send> = match codec {
+        Codec::Raw => source,
+        Codec::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
+                CHUNK, source,
+            ))
+            .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
+            d.window_log_max(WINDOW_LOG_MAX)
+                .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
+            Box::new(d)
+        }
+    };
+    Ok(VerifyingReader::new(inner, *hash, raw_size))
+}
+
+impl Blobs {
     /// Removes the damaged file for `hash`, so a later put writes a fresh
     /// copy instead of reusing it. (Should a concurrent put have replaced
     /// it with a good copy in the same instant, that copy goes too: a later

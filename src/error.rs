@@ -279,6 +279,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// Another garbage-collection sweep holds `locks/gc.lock`.
+    #[error(
+        "a GC sweep is already running on cache {} (locks/gc.lock is held); \
+         wait for it to finish, or ask to wait (GcOptions::wait / --wait)",
+        path.display()
+    )]
+    SweepRunning {
+        /// The cache directory.
+        path: PathBuf,
+    },
 }
 
 /// The error of [`crate::Store::get_or_fetch`]: the caller's own fetch

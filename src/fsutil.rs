@@ -126,6 +126,24 @@ pub fn disk_bytes(m: &fs::Metadata) -> u64 {
     }
 }
 
+/// Allocated bytes of every file under `dir`, recursively, without
+/// following symlinks (0 for a missing directory).
+pub fn tree_disk_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut total = 0;
+    for entry in rd.flatten() {
+        let Ok(m) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            total += tree_disk_bytes(&entry.path());
+        } else if m.is_file() {
+            total += disk_bytes(&m);
+        }
+    }
+    total
+}
+
 /// Sets a file's modification time to now, without following symlinks.
 pub fn touch(path: &Path) -> io::Result<()> {
     let f = OpenOptions::new()

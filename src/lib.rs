@@ -33,6 +33,7 @@ mod fetch;
 mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gc;
 mod index;
 mod journal;
 pub mod key;
@@ -55,6 +56,9 @@ pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, FetchError, Result};
 pub use fetch::{CacheControl, Fetch, FetchStatus, Fetched};
+#[doc(hidden)]
+pub use gc::hooks as test_hooks;
+pub use gc::{GcOptions, GcProgress, GcReport, GcStep};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
 pub use options::{

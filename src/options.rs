@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
+use crate::gc::GcOptions;
 use crate::key::{Category, TtlPolicy};
 use crate::secrets::SecretGuard;
 
@@ -63,6 +64,10 @@ pub struct StoreOptions {
     pub(crate) owner_timeout: Duration,
     pub(crate) secrets: SecretGuard,
     pub(crate) stale_if_error: Duration,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) gc_interval: Option<Duration>,
+    pub(crate) gc: GcOptions,
+    pub(crate) track_access: bool,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -89,6 +94,10 @@ impl Default for StoreOptions {
             owner_timeout: Duration::from_secs(10),
             secrets: SecretGuard::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
+            max_size: None,
+            gc_interval: None,
+            gc: GcOptions::default(),
+            track_access: true,
         }
     }
 }
@@ -219,6 +228,40 @@ impl StoreOptions {
     /// yields [`crate::Error::OwnerTimeout`] after this long, never a hang.
     pub fn owner_timeout(mut self, timeout: Duration) -> Self {
         self.owner_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A cap on the bytes the cache occupies on disk (blob files by their
+    /// allocated blocks, inline blobs, the index and its journal). A put
+    /// that crosses it wakes a background sweep that evicts the least
+    /// recently used unpinned entries; the put itself never fails for it.
+    /// Sweeps run by [`crate::Store::gc`] honour it too unless their
+    /// options set their own cap. Default: no cap.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Runs a background GC sweep this often while the store is open (the
+    /// thread stops when the last handle is dropped). Default: off.
+    pub fn gc_interval(mut self, every: Duration) -> Self {
+        self.gc_interval = Some(every.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// Options of the background sweeps (default [`GcOptions::default`];
+    /// `wait` is ignored: a background sweep skips its turn when another
+    /// sweep runs).
+    pub fn gc_options(mut self, opts: GcOptions) -> Self {
+        self.gc = opts;
+        self
+    }
+
+    /// Whether gets record their access time and hit count (in batches)
+    /// for LRU eviction and `hits` (default true). Turning it off saves a
+    /// little per get; eviction then goes by write time.
+    pub fn track_access(mut self, yes: bool) -> Self {
+        self.track_access = yes;
         self
     }
 }

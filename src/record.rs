@@ -129,6 +129,10 @@ pub struct BlobInfo {
     /// When the blob was first referenced or the state last changed.
     #[serde(rename = "t")]
     pub since: u64,
+    /// zstd level the sweeper recompressed the blob at (`None`: as written
+    /// by a put, at the store's level).
+    #[serde(rename = "lv", default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<i32>,
 }
 
 /// Encodes any serde value as CBOR.

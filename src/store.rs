@@ -78,6 +78,7 @@ pub(crate) struct Inner {
     blobs: Blobs,
     share: Share,
     flights: crate::fetch::Flights,
+    sweeper: crate::gc::Sweeper,
 }
 
 /// What a put stored.
@@ -247,7 +248,8 @@ pub struct Stats {
     /// Bytes the blobs occupy: allocated blocks of blob files plus inline
     /// blob bytes.
     pub blob_bytes: u64,
-    /// Bytes the index database occupies on disk.
+    /// Bytes the index database and its journal occupy on disk
+    /// (allocated blocks).
     pub index_bytes: u64,
     /// Live hits served.
     pub hits: u64,
@@ -266,7 +268,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Total bytes on disk: blobs plus index.
+    /// Total bytes on disk: blobs plus index; what a size cap
+    /// ([`crate::StoreOptions::max_size`]) is measured against.
     pub fn disk_bytes(&self) -> u64 {
         self.blob_bytes + self.index_bytes
     }
@@ -337,6 +340,7 @@ impl Store {
                 blobs,
                 share,
                 flights: Default::default(),
+                sweeper: crate::gc::Sweeper::default(),
             }),
         };
         if reset {
@@ -345,6 +349,7 @@ impl Store {
             crate::verify::rebuild_counts(&store)?;
         }
         store.inner.share.start(Arc::downgrade(&store.inner))?;
+        crate::gc::start_background(&store);
         Ok(store)
     }
 
@@ -488,18 +493,25 @@ impl Store {
                 inline: inline.map(ByteBuf::from),
                 gone_seen,
             };
+            crate::gc::hooks::blob_placed(&hash);
             match self.inner.share.apply(&op)? {
                 Outcome::Retry { gone_since, .. } => {
                     reuse_known = false;
                     match gone_since {
                         Some(since) => gone_seen = Some(since),
                         None => {
+                            // A claim no sweeper is finishing (its process
+                            // died) is released here.
+                            if attempt >= 2 {
+                                self.release_stale_claim(&hash);
+                            }
                             std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt)))
                         }
                     }
                 }
                 _ => {
                     self.count(|c| c.puts = 1);
+                    self.after_put();
                     return Ok(PutReport {
                         hash,
                         raw_size,
@@ -539,6 +551,7 @@ impl Store {
             stored_size,
             disk_bytes,
             since: now,
+            level: None,
         };
         if reuse_known && let Some(info) = self.reusable_blob(hash)? {
             return Ok((info, None, true));
@@ -710,6 +723,9 @@ impl Store {
                 c.hits = 1;
             }
         });
+        if !self.inner.opts.track_access {
+            return;
+        }
         self.inner
             .share
             .record_access([(key.to_vec(), Access { hits: 1, last: now })]);
@@ -948,7 +964,7 @@ impl Store {
             blobs: state.blobs,
             raw_bytes: state.raw_bytes,
             blob_bytes: state.blob_bytes,
-            index_bytes: index.disk_size()?,
+            index_bytes: self.index_disk_bytes(),
             hits: c.hits,
             misses: c.misses,
             stale_hits: c.stale_hits,
@@ -996,6 +1012,35 @@ impl Store {
 
     pub(crate) fn layout_root(&self) -> PathBuf {
         self.inner.layout.root.clone()
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    pub(crate) fn sweeper(&self) -> &crate::gc::Sweeper {
+        &self.inner.sweeper
+    }
+
+    /// A handle that does not keep the store open (for the sweeper thread).
+    pub(crate) fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A non-owning [`Store`] handle.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    /// The store, if any handle still holds it open.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+
+    /// How many [`Store`] handles are alive.
+    pub fn handles(&self) -> usize {
+        self.0.strong_count()
     }
 }
 

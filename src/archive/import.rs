@@ -388,6 +388,7 @@ impl<'a> Session<'a> {
             stored_size: stored,
             disk_bytes: disk,
             since: self.now,
+            level: None,
         }
     }
 

@@ -475,6 +475,33 @@ impl Index {
         Ok(out)
     }
 
+    /// Up to `limit` blobs known to the index, in hash order, after `after`
+    /// (bookkeeping only, no inline bytes). Undecodable values are skipped.
+    pub fn scan_blobs(
+        &self,
+        after: Option<&BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, BlobInfo)>> {
+        let start = match after {
+            Some(h) => [&h.0[..], &[0]].concat(),
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for item in self.t.blobs.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.t.err(e))?;
+            let (Ok(hash), Ok((info, _))) =
+                (<[u8; 32]>::try_from(&k[..]), tx::decode_blob_value(&v))
+            else {
+                continue;
+            };
+            out.push((BlobHash(hash), info));
+        }
+        Ok(out)
+    }
+
     /// Number of entries whose expiry is at or before `now`.
     pub fn count_expired(&self, now: u64) -> Result<u64> {
         let mut n = 0;
@@ -608,11 +635,6 @@ impl Index {
         let mut w = self.lock_writer()?;
         let next = w.totals.state.seq + 1;
         w.journal.checkpoint(durable, next)
-    }
-
-    /// Bytes the index occupies on disk.
-    pub fn disk_size(&self) -> u64 {
-        self.t.db.size_on_disk().unwrap_or(0)
     }
 }
 

@@ -171,5 +171,6 @@ pub(crate) fn file_blob_info(rec: &Record, stored_size: u64, disk_bytes: u64) ->
         stored_size,
         disk_bytes,
         since: rec.created_at,
+        level: None,
     }
 }

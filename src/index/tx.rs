@@ -20,7 +20,7 @@ use super::{BackendTotals, State, Trees};
 use crate::archive::MergePolicy;
 use crate::blobs::BlobHash;
 use crate::key;
-use crate::record::{BlobInfo, BlobState, Record, from_cbor, to_cbor};
+use crate::record::{BlobInfo, BlobState, Codec, RECORD_VERSION, Record, from_cbor, to_cbor};
 
 /// A mutation of the index, as asked for by a store (or, over the owner
 /// socket, by a guest).
@@ -90,6 +90,53 @@ pub enum Op {
         keys: Vec<ByteBuf>,
         /// Cut-off (ms since epoch), exclusive.
         before: u64,
+    },
+    /// Evicts entries for the size cap: each key goes only if it is not
+    /// pinned and its last access is still at or before the time listed
+    /// (an entry used or re-put since it was chosen stays).
+    Evict {
+        /// Entry keys with the last access the sweeper saw.
+        keys: Vec<(ByteBuf, u64)>,
+    },
+    /// The sweeper claims a file blob for deletion: a `Live` blob with no
+    /// references, or one the index does not know (an orphan file),
+    /// becomes `Deleting`. Answers `Applied(true)` when the claim holds;
+    /// puts that need the blob then wait and write its file again.
+    ClaimBlob {
+        /// The blob.
+        hash: BlobHash,
+        /// Time of the claim (ms since epoch).
+        at: u64,
+    },
+    /// The sweeper removed the file of a claimed blob: `Deleting` becomes
+    /// `Gone` (see [`BlobState::Gone`]).
+    BlobGone {
+        /// The blob.
+        hash: BlobHash,
+        /// Time of the deletion (ms since epoch).
+        at: u64,
+    },
+    /// Forgets a `Gone` blob whose state is unchanged since `since`.
+    ForgetBlob {
+        /// The blob.
+        hash: BlobHash,
+        /// The `since` of the `Gone` state the sweeper saw.
+        since: u64,
+    },
+    /// The sweeper rewrote a zstd blob file at another level (same content,
+    /// same hash, same codec); applies only if the index still records the
+    /// size the sweeper started from.
+    Recompressed {
+        /// The blob.
+        hash: BlobHash,
+        /// The new zstd level.
+        level: i32,
+        /// Stored size before the rewrite.
+        old_stored_size: u64,
+        /// Stored size after it.
+        stored_size: u64,
+        /// Allocated bytes of the new file.
+        disk_bytes: u64,
     },
 }
 
@@ -462,6 +509,109 @@ impl<'a> Tx<'a> {
         Ok(true)
     }
 
+    fn evict(&mut self, keys: &[(ByteBuf, u64)]) -> TxResult<Outcome> {
+        let mut n = 0;
+        for (k, seen) in keys {
+            if let Some(Ok(rec)) = self.record(k)?
+                && !rec.pinned
+                && rec.last_access <= *seen
+            {
+                n += u64::from(self.delete(k, None)?);
+            }
+        }
+        Self::count_or_unchanged(n)
+    }
+
+    fn set_blob_info(&mut self, hash: &BlobHash, info: &BlobInfo) {
+        self.set(BLOBS, hash.0.to_vec(), Some(encode_blob_value(info, None)));
+    }
+
+    fn claim_blob(&mut self, hash: &BlobHash, at: u64) -> TxResult<Outcome> {
+        let claimed = match self.blob(hash)? {
+            None => BlobInfo {
+                version: RECORD_VERSION,
+                refs: 0,
+                state: BlobState::Deleting,
+                codec: Codec::Raw,
+                inline: false,
+                raw_size: 0,
+                stored_size: 0,
+                disk_bytes: 0,
+                since: at,
+                level: None,
+            },
+            Some((info, _)) if info.state == BlobState::Live && info.refs == 0 && !info.inline => {
+                self.state.blobs = self.state.blobs.saturating_sub(1);
+                self.state.blob_bytes = self.state.blob_bytes.saturating_sub(info.disk_bytes);
+                BlobInfo {
+                    state: BlobState::Deleting,
+                    since: at.max(info.since.saturating_add(1)),
+                    ..info
+                }
+            }
+            Some(_) => return Err(TxError::Unchanged(Outcome::Applied(false))),
+        };
+        self.set_blob_info(hash, &claimed);
+        Ok(Outcome::Applied(true))
+    }
+
+    fn blob_gone(&mut self, hash: &BlobHash, at: u64) -> TxResult<Outcome> {
+        let Some((info, _)) = self.blob(hash)? else {
+            return Err(TxError::Unchanged(Outcome::Applied(false)));
+        };
+        if info.state != BlobState::Deleting {
+            return Err(TxError::Unchanged(Outcome::Applied(false)));
+        }
+        // A strictly later `since`, so a writer's `gone_seen` can never
+        // match a later deletion of the same blob.
+        let gone = BlobInfo {
+            state: BlobState::Gone,
+            since: at.max(info.since.saturating_add(1)),
+            ..info
+        };
+        self.set_blob_info(hash, &gone);
+        Ok(Outcome::Applied(true))
+    }
+
+    fn forget_blob(&mut self, hash: &BlobHash, since: u64) -> TxResult<Outcome> {
+        match self.blob(hash)? {
+            Some((info, _)) if info.state == BlobState::Gone && info.since == since => {
+                self.set(BLOBS, hash.0.to_vec(), None);
+                Ok(Outcome::Applied(true))
+            }
+            _ => Err(TxError::Unchanged(Outcome::Applied(false))),
+        }
+    }
+
+    fn recompressed(
+        &mut self,
+        hash: &BlobHash,
+        level: i32,
+        sizes: (u64, u64, u64),
+    ) -> TxResult<Outcome> {
+        let (old_stored_size, stored_size, disk_bytes) = sizes;
+        let Some((info, _)) = self.blob(hash)? else {
+            return Err(TxError::Unchanged(Outcome::Applied(false)));
+        };
+        let applies = info.state == BlobState::Live
+            && !info.inline
+            && info.codec == Codec::Zstd
+            && info.stored_size == old_stored_size;
+        if !applies {
+            return Err(TxError::Unchanged(Outcome::Applied(false)));
+        }
+        self.state.blob_bytes =
+            (self.state.blob_bytes + disk_bytes).saturating_sub(info.disk_bytes);
+        let info = BlobInfo {
+            stored_size,
+            disk_bytes,
+            level: Some(level),
+            ..info
+        };
+        self.set_blob_info(hash, &info);
+        Ok(Outcome::Applied(true))
+    }
+
     fn count_or_unchanged(n: u64) -> TxResult<Outcome> {
         if n == 0 {
             return Err(TxError::Unchanged(Outcome::Count(0)));
@@ -531,6 +681,17 @@ impl<'a> Tx<'a> {
                 true => Err(TxError::Unchanged(Outcome::Applied(true))),
                 false => Err(TxError::Unchanged(Outcome::Applied(false))),
             },
+            Op::Evict { keys } => self.evict(keys),
+            Op::ClaimBlob { hash, at } => self.claim_blob(hash, *at),
+            Op::BlobGone { hash, at } => self.blob_gone(hash, *at),
+            Op::ForgetBlob { hash, since } => self.forget_blob(hash, *since),
+            Op::Recompressed {
+                hash,
+                level,
+                old_stored_size,
+                stored_size,
+                disk_bytes,
+            } => self.recompressed(hash, *level, (*old_stored_size, *stored_size, *disk_bytes)),
         }
     }
 
@@ -567,6 +728,7 @@ mod tests {
             stored_size: 3,
             disk_bytes: 3,
             since: 7,
+            level: Some(19),
         };
         let v = encode_blob_value(&info, Some(b"abc"));
         let (back, data) = decode_blob_value(&v).unwrap();

@@ -346,6 +346,24 @@ impl Share {
         )
     }
 
+    pub fn scan_blobs(
+        &self,
+        after: Option<&BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, BlobInfo)>> {
+        self.call(
+            |ix| ix.scan_blobs(after, limit),
+            || Request::ScanBlobs {
+                after: after.copied(),
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            },
+            |r| match r {
+                Response::Blobs(b) => Some(b),
+                _ => None,
+            },
+        )
+    }
+
     pub fn count_expired(&self, now: u64) -> Result<u64> {
         self.call(
             |ix| ix.count_expired(now),
@@ -476,10 +494,6 @@ impl Share {
     pub fn checkpoint(&self) -> Result<()> {
         self.report();
         self.call(|ix| ix.checkpoint(), || Request::Checkpoint, done)
-    }
-
-    pub fn disk_size(&self) -> Result<u64> {
-        self.call(|ix| Ok(ix.disk_size()), || Request::DiskSize, number)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -648,6 +662,9 @@ pub(crate) fn serve(store: &Store, req: Request) -> Response {
                         .collect(),
                 )
             }),
+        Request::ScanBlobs { after, limit } => share
+            .scan_blobs(after.as_ref(), limit as usize)
+            .map(Response::Blobs),
         Request::CountExpired(now) => share.count_expired(now).map(Response::Number),
         Request::ExpiredKeys { before, limit } => share
             .expired_keys(before, limit as usize)
@@ -661,7 +678,6 @@ pub(crate) fn serve(store: &Store, req: Request) -> Response {
             Ok(Response::Done)
         }
         Request::Checkpoint => share.checkpoint().map(|()| Response::Done),
-        Request::DiskSize => share.disk_size().map(Response::Number),
         Request::Verify { full, repair } => store
             .verify(VerifyOptions::new().full(full).repair(repair))
             .map(Response::Verify),

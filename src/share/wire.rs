@@ -78,6 +78,10 @@ pub(crate) enum Request {
         after: Option<ByteBuf>,
         limit: u32,
     },
+    ScanBlobs {
+        after: Option<BlobHash>,
+        limit: u32,
+    },
     CountExpired(u64),
     ExpiredKeys {
         before: u64,
@@ -92,7 +96,6 @@ pub(crate) enum Request {
         accesses: Vec<(ByteBuf, Access)>,
     },
     Checkpoint,
-    DiskSize,
     Verify {
         full: bool,
         repair: bool,
@@ -108,6 +111,7 @@ pub(crate) enum Response {
     Bytes(Option<ByteBuf>),
     BlobInfo(Option<BlobInfo>),
     Rows(Vec<(ByteBuf, Result<Record, String>)>),
+    Blobs(Vec<(BlobHash, BlobInfo)>),
     Number(u64),
     Keys(Vec<ByteBuf>),
     State(State),

@@ -1,0 +1,903 @@
+//! Garbage collection: the sweeper.
+//!
+//! A sweep ([`Store::gc`]) runs only under `locks/gc.lock`, so two sweeps
+//! never overlap, and does its work in small batches (one short index
+//! operation each), so gets and puts are never held up for long:
+//!
+//! 1. **expire**: entries expired for longer than the grace period go
+//!    (until then `get_stale` still serves them);
+//! 2. **orphans**: file blobs no entry references, whose file is older than
+//!    the safety window, are deleted; so are blob files the index does not
+//!    know at all;
+//! 3. **staging**: abandoned files in `tmp/` older than the window go;
+//! 4. **evict**: while the cache occupies more than its size cap, the least
+//!    recently used unpinned entries go, their blobs with them;
+//! 5. **recompress**: old zstd blobs are rewritten at a higher level
+//!    (same bytes, same hash, atomically replaced).
+//!
+//! Deleting a blob file races with puts of the same content, which may have
+//! found the file in place and be about to reference it. The index settles
+//! the race: the sweeper first claims the blob (`Deleting`, only while no
+//! entry references it), then removes the file, then marks it `Gone`. A put
+//! that meets `Deleting` waits; one that meets `Gone` writes the file again
+//! before its record goes in. A blob file the index does not know yet may
+//! belong to a put whose record is not in yet: only its age (older than the
+//! safety window) makes it an orphan. A sweeper killed between claim and
+//! removal leaves a `Deleting` claim: the next sweep, or a put that needs
+//! the blob and finds no sweeper holding `gc.lock`, releases it.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::fs::{self, File};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+use crate::blobs::{self, BlobHash};
+use crate::clock::add_ms;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::index::{Op, Outcome};
+use crate::record::{BlobState, Codec};
+use crate::store::{Store, WeakStore};
+
+/// Name of the sweeper's lock file in `locks/`.
+const GC_LOCK: &str = "gc.lock";
+/// Entries read per page when ranking entries for eviction.
+const PAGE: usize = 1000;
+/// Pause after a background sweep that could not get under the cap, so a
+/// cache full of pinned entries is not swept after every put.
+const COOLDOWN: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+type ProgressFn = Arc<dyn Fn(&GcProgress) + Send + Sync>;
+type CancelFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Options for [`Store::gc`], built with setters.
+///
+/// ```
+/// use blobcache::GcOptions;
+/// use std::time::Duration;
+///
+/// let opts = GcOptions::new()
+///     .grace(Duration::from_secs(3 * 24 * 3600))
+///     .max_size(2 << 30)
+///     .recompress_level(19)
+///     .recompress_older_than(Duration::from_secs(14 * 24 * 3600))
+///     .wait(true);
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+pub struct GcOptions {
+    pub(crate) grace: Duration,
+    pub(crate) safety_window: Duration,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) recompress_level: Option<i32>,
+    pub(crate) recompress_older_than: Duration,
+    pub(crate) dry_run: bool,
+    pub(crate) wait: bool,
+    pub(crate) batch_size: usize,
+    pub(crate) progress: Option<ProgressFn>,
+    pub(crate) cancel: Option<CancelFn>,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: 7 * DAY,
+            safety_window: Duration::from_secs(600),
+            max_size: None,
+            recompress_level: None,
+            recompress_older_than: 7 * DAY,
+            dry_run: false,
+            wait: false,
+            batch_size: 256,
+            progress: None,
+            cancel: None,
+        }
+    }
+}
+
+impl fmt::Debug for GcOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcOptions")
+            .field("grace", &self.grace)
+            .field("safety_window", &self.safety_window)
+            .field("max_size", &self.max_size)
+            .field("recompress_level", &self.recompress_level)
+            .field("recompress_older_than", &self.recompress_older_than)
+            .field("dry_run", &self.dry_run)
+            .field("wait", &self.wait)
+            .field("batch_size", &self.batch_size)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl GcOptions {
+    /// Defaults: 7-day grace, 10-minute safety window, the store's size cap,
+    /// no recompression, fail when another sweep runs, batches of 256.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long an expired entry is kept (served by `get_stale`) before the
+    /// sweep removes it (default 7 days).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Unreferenced blob files and staging files younger than this are left
+    /// alone (default 10 minutes): a put may have just written the file and
+    /// not yet inserted its record.
+    pub fn safety_window(mut self, window: Duration) -> Self {
+        self.safety_window = window;
+        self
+    }
+
+    /// Evict least recently used unpinned entries until the cache occupies
+    /// at most this many bytes on disk (default: the store's
+    /// [`crate::StoreOptions::max_size`], if any).
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Rewrite zstd blobs older than [`GcOptions::recompress_older_than`]
+    /// at this level (clamped to the store's accepted range, at most 19).
+    /// Default: no recompression.
+    pub fn recompress_level(mut self, level: i32) -> Self {
+        self.recompress_level = Some(level.clamp(blobs::MIN_LEVEL, blobs::MAX_LEVEL));
+        self
+    }
+
+    /// Only blobs stored at least this long ago are recompressed (default
+    /// 7 days).
+    pub fn recompress_older_than(mut self, age: Duration) -> Self {
+        self.recompress_older_than = age;
+        self
+    }
+
+    /// Report what a sweep would do without changing anything (eviction
+    /// figures are then estimates).
+    pub fn dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+
+    /// When another sweep is running: wait for it (true) or fail at once
+    /// with [`Error::SweepRunning`] (false, the default).
+    pub fn wait(mut self, yes: bool) -> Self {
+        self.wait = yes;
+        self
+    }
+
+    /// Index operations touch at most this many entries or blobs each
+    /// (default 256); smaller batches hold writers up for less time.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Called after every batch with the step and how far it got (for a
+    /// progress bar).
+    pub fn progress(mut self, f: impl Fn(&GcProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// A step of a sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcStep {
+    /// Removing entries expired past the grace period.
+    Expire,
+    /// Deleting unreferenced blob files.
+    Orphans,
+    /// Removing abandoned staging files.
+    Staging,
+    /// Evicting entries to honour the size cap.
+    Evict,
+    /// Rewriting old blobs at a higher level.
+    Recompress,
+}
+
+/// Where a sweep stands, passed to the [`GcOptions::progress`] callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcProgress {
+    /// The current step.
+    pub step: GcStep,
+    /// Items done in this step (entries, blobs or files).
+    pub done: u64,
+    /// Items the step expects to do, when known.
+    pub total: Option<u64>,
+}
+
+/// What a sweep did (or, with [`GcOptions::dry_run`], would do).
+/// Serializes to JSON for `blobcache gc --json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Nothing was changed; the figures say what would have been done.
+    pub dry_run: bool,
+    /// Entries removed because they were expired past the grace period.
+    pub entries_expired: u64,
+    /// Entries evicted to honour the size cap.
+    pub entries_evicted: u64,
+    /// Blob files deleted.
+    pub blobs_deleted: u64,
+    /// Bytes of blob files (allocated blocks) and inline blobs freed.
+    pub bytes_freed: u64,
+    /// Blobs rewritten at a higher compression level.
+    pub blobs_recompressed: u64,
+    /// Stored bytes of those blobs before the rewrite.
+    pub bytes_recompressed: u64,
+    /// Stored bytes the rewrite saved.
+    pub bytes_saved: u64,
+    /// Abandoned staging files removed from `tmp/`.
+    pub staging_removed: u64,
+    /// Bytes the cache occupied on disk before the sweep.
+    pub disk_bytes_before: u64,
+    /// Bytes it occupies after (blobs, index and journal).
+    pub disk_bytes_after: u64,
+    /// The size cap applied, if any.
+    pub max_size: Option<u64>,
+    /// The sweep stopped early because its store was closed.
+    pub cancelled: bool,
+    /// How long the sweep took.
+    #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    pub duration: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+impl Store {
+    /// Runs one GC sweep (see the module docs of `gc` in DESIGN.md): expiry
+    /// past the grace period, orphan blobs, staging files, the size cap,
+    /// and optional recompression. Only one sweep runs at a time per cache;
+    /// another one gets [`Error::SweepRunning`] or waits, per
+    /// [`GcOptions::wait`].
+    ///
+    /// ```
+    /// use blobcache::{GcOptions, PutOptions, Store, StoreOptions};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> blobcache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// store.put("tmdb", "movie/603", b"{}", &PutOptions::new().ttl(Duration::ZERO))?;
+    /// let report = store.gc(&GcOptions::new().grace(Duration::ZERO))?;
+    /// assert_eq!(report.entries_expired, 1);
+    /// assert!(store.get_stale("tmdb", "movie/603")?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let _lock = self.take_gc_lock(opts.wait)?;
+        let started = Instant::now();
+        let mut sweep = Sweep {
+            store: self,
+            opts,
+            cap: opts.max_size.or(self.options().max_size),
+            report: GcReport {
+                dry_run: opts.dry_run,
+                ..GcReport::default()
+            },
+        };
+        sweep.run()?;
+        let mut report = sweep.report;
+        report.duration = started.elapsed();
+        self.sweeper()
+            .index_bytes
+            .store(self.index_disk_bytes(), Ordering::Relaxed);
+        Ok(report)
+    }
+
+    fn take_gc_lock(&self, wait: bool) -> Result<File> {
+        let layout = self.layout();
+        if let Some(f) = layout.try_lock(GC_LOCK)? {
+            return Ok(f);
+        }
+        if !wait {
+            return Err(Error::SweepRunning {
+                path: layout.root.clone(),
+            });
+        }
+        let path = layout.locks.join(GC_LOCK);
+        let f = fsutil::open_rw(&path).ctx("open lock file", &path)?;
+        f.lock().ctx("lock", &path)?;
+        Ok(f)
+    }
+
+    /// Bytes the index database and its journal occupy (allocated blocks).
+    pub(crate) fn index_disk_bytes(&self) -> u64 {
+        let layout = self.layout();
+        fsutil::tree_disk_bytes(&layout.index) + fsutil::tree_disk_bytes(&layout.journal)
+    }
+
+    /// Bytes the cache occupies on disk, as the size cap counts them.
+    fn disk_usage(&self) -> Result<u64> {
+        Ok(self.index().state()?.blob_bytes + self.index_disk_bytes())
+    }
+
+    /// After a put: wakes the background sweeper when the cache is over its
+    /// size cap. Cheap: the index size is the one measured at the last sweep.
+    pub(crate) fn after_put(&self) {
+        let Some(cap) = self.options().max_size else {
+            return;
+        };
+        let Ok(state) = self.index().state() else {
+            return;
+        };
+        let sweeper = self.sweeper();
+        if state.blob_bytes + sweeper.index_bytes.load(Ordering::Relaxed) > cap {
+            sweeper.wake();
+        }
+    }
+
+    /// Releases a `Deleting` claim on `hash` left by a sweeper that died
+    /// (nobody holds `gc.lock`), so a put waiting for the blob can go on.
+    pub(crate) fn release_stale_claim(&self, hash: &BlobHash) {
+        let Ok(Some(_lock)) = self.layout().try_lock(GC_LOCK) else {
+            return;
+        };
+        let stale =
+            matches!(self.index().blob_info(hash), Ok(Some(i)) if i.state == BlobState::Deleting);
+        if !stale {
+            return;
+        }
+        let op = Op::BlobGone {
+            hash: *hash,
+            at: self.options().clock.now_ms(),
+        };
+        if let Err(e) = self.index().apply(&op) {
+            log::warn!("could not release the stale claim on blob {hash}: {e}");
+        }
+    }
+}
+
+/// An entry that may be evicted.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    last_access: u64,
+    key: Vec<u8>,
+    hash: BlobHash,
+    inline: bool,
+    stored_size: u64,
+}
+
+/// One sweep in progress.
+struct Sweep<'a> {
+    store: &'a Store,
+    opts: &'a GcOptions,
+    cap: Option<u64>,
+    report: GcReport,
+}
+
+impl Sweep<'_> {
+    fn run(&mut self) -> Result<()> {
+        self.report.max_size = self.cap;
+        self.report.disk_bytes_before = self.store.disk_usage()?;
+        self.expire()?;
+        self.orphans()?;
+        self.staging()?;
+        self.evict()?;
+        self.recompress()?;
+        self.report.disk_bytes_after = self.store.disk_usage()?;
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.store.options().clock.now_ms()
+    }
+
+    fn batch(&self) -> usize {
+        self.opts.batch_size.max(1)
+    }
+
+    fn dry(&self) -> bool {
+        self.opts.dry_run
+    }
+
+    /// True when the sweep must stop (its store is being closed).
+    fn stopped(&mut self) -> bool {
+        let stop = self.opts.cancel.as_ref().is_some_and(|f| f());
+        self.report.cancelled |= stop;
+        stop
+    }
+
+    fn progress(&self, step: GcStep, done: u64, total: Option<u64>) {
+        if let Some(f) = &self.opts.progress {
+            f(&GcProgress { step, done, total });
+        }
+    }
+
+    fn expire(&mut self) -> Result<()> {
+        let index = self.store.index();
+        let before = self.now().saturating_sub(ms(self.opts.grace));
+        let total = index.count_expired(before)?;
+        if total == 0 || self.dry() {
+            self.report.entries_expired = total;
+            return Ok(());
+        }
+        while !self.stopped() {
+            let keys = index.expired_keys(before, self.batch())?;
+            if keys.is_empty() {
+                break;
+            }
+            let inline = self.inline_blobs_of(keys.iter().map(|k| k.as_slice()))?;
+            let keys = keys.into_iter().map(ByteBuf::from).collect();
+            let n = match index.apply(&Op::Expire { keys, before })? {
+                Outcome::Count(n) => n,
+                _ => 0,
+            };
+            if n == 0 {
+                break;
+            }
+            self.report.entries_expired += n;
+            self.count_freed_inline(&inline)?;
+            self.progress(GcStep::Expire, self.report.entries_expired, Some(total));
+        }
+        Ok(())
+    }
+
+    /// The inline blobs (hash and size) of the entries at `keys`.
+    fn inline_blobs_of<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Result<HashMap<BlobHash, u64>> {
+        let mut out = HashMap::new();
+        for k in keys {
+            // An undecodable record has nothing to count.
+            if let Ok(Some(l)) = self.store.index().lookup(k)
+                && l.record.inline
+            {
+                out.insert(l.record.hash, l.record.stored_size);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts the inline blobs among `blobs` that the index has freed.
+    fn count_freed_inline(&mut self, blobs: &HashMap<BlobHash, u64>) -> Result<()> {
+        for (hash, size) in blobs {
+            if self.store.index().blob_info(hash)?.is_none() {
+                self.report.bytes_freed += size;
+            }
+        }
+        Ok(())
+    }
+
+    fn orphans(&mut self) -> Result<()> {
+        let window = self.opts.safety_window;
+        let mut after = None;
+        let mut seen = 0;
+        while !self.stopped() {
+            let page = self
+                .store
+                .index()
+                .scan_blobs(after.as_ref(), self.batch())?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            seen += page.len() as u64;
+            for (hash, info) in page {
+                match info.state {
+                    BlobState::Live
+                        if info.refs == 0 && !info.inline && self.file_is_old(&hash) =>
+                    {
+                        self.delete_blob(&hash)?
+                    }
+                    // Only one sweeper runs, so a claim found now was left
+                    // by one that died: finish its work.
+                    BlobState::Deleting => self.finish_claim(&hash)?,
+                    BlobState::Gone if add_ms(info.since, window) <= self.now() && !self.dry() => {
+                        let since = info.since;
+                        self.store.index().apply(&Op::ForgetBlob { hash, since })?;
+                    }
+                    _ => {}
+                }
+            }
+            self.progress(GcStep::Orphans, seen, None);
+        }
+        self.unknown_files()
+    }
+
+    /// Deletes old blob files the index does not know: left by a put that
+    /// died before inserting its record, or by a replaced index.
+    fn unknown_files(&mut self) -> Result<()> {
+        let root = &self.store.layout().blobs;
+        for (i, (_, hash)) in blobs::walk(root)?.into_iter().enumerate() {
+            if i % self.batch() == 0 && self.stopped() {
+                return Ok(());
+            }
+            let Some(hash) = hash else { continue };
+            if self.store.index().blob_info(&hash)?.is_none() && self.file_is_old(&hash) {
+                self.delete_blob(&hash)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the blob's file (if any) was last written or reused by a
+    /// put longer ago than the safety window.
+    fn file_is_old(&self, hash: &BlobHash) -> bool {
+        let window = self.opts.safety_window;
+        if window.is_zero() {
+            return true;
+        }
+        let path = self.store.blob_store().path_for(hash);
+        match fs::symlink_metadata(&path) {
+            Ok(m) => m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= window),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Deletes an unreferenced file blob: claim, remove the file, mark gone.
+    fn delete_blob(&mut self, hash: &BlobHash) -> Result<()> {
+        if self.dry() {
+            let path = self.store.blob_store().path_for(hash);
+            self.report.blobs_deleted += 1;
+            self.report.bytes_freed += file_bytes(&path);
+            return Ok(());
+        }
+        let claim = Op::ClaimBlob {
+            hash: *hash,
+            at: self.now(),
+        };
+        if self.store.index().apply(&claim)? != Outcome::Applied(true) {
+            return Ok(());
+        }
+        self.finish_claim(hash)
+    }
+
+    /// Removes the file of a claimed blob and marks it gone.
+    fn finish_claim(&mut self, hash: &BlobHash) -> Result<()> {
+        if self.dry() {
+            return Ok(());
+        }
+        let removed = self.store.blob_store().remove(hash);
+        // `Gone` only makes writers check the file again, so it is right
+        // even when the removal failed.
+        let gone = Op::BlobGone {
+            hash: *hash,
+            at: self.now(),
+        };
+        self.store.index().apply(&gone)?;
+        let freed = removed?;
+        self.report.blobs_deleted += 1;
+        self.report.bytes_freed += freed;
+        Ok(())
+    }
+
+    fn staging(&mut self) -> Result<()> {
+        if self.dry() {
+            return Ok(());
+        }
+        let removed = self
+            .store
+            .blob_store()
+            .clean_staging(self.opts.safety_window)?;
+        self.report.staging_removed = removed as u64;
+        self.progress(GcStep::Staging, removed as u64, Some(removed as u64));
+        Ok(())
+    }
+
+    fn evict(&mut self) -> Result<()> {
+        let Some(cap) = self.cap else {
+            return Ok(());
+        };
+        // Access times reach the records in batches: flush them first.
+        self.store.index().checkpoint()?;
+        let mut usage = self.store.disk_usage()?;
+        while usage > cap && !self.stopped() {
+            let need = usage - cap;
+            let candidates = self.lru_candidates(need.saturating_add(need / 4))?;
+            if candidates.is_empty() {
+                break;
+            }
+            let before = self.report.entries_evicted;
+            for chunk in candidates.chunks(self.batch()) {
+                if usage <= cap || self.stopped() {
+                    break;
+                }
+                usage = self.evict_chunk(chunk, usage)?;
+                self.progress(GcStep::Evict, self.report.entries_evicted, None);
+            }
+            if self.dry() || self.report.entries_evicted == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts one batch and frees the blobs it leaves unreferenced; returns
+    /// the disk usage after it (estimated in a dry run).
+    fn evict_chunk(&mut self, chunk: &[Candidate], usage: u64) -> Result<u64> {
+        if self.dry() {
+            self.report.entries_evicted += chunk.len() as u64;
+            let freed: u64 = chunk.iter().map(|c| c.stored_size).sum();
+            return Ok(usage.saturating_sub(freed));
+        }
+        let keys = chunk
+            .iter()
+            .map(|c| (ByteBuf::from(c.key.clone()), c.last_access))
+            .collect();
+        if let Outcome::Count(n) = self.store.index().apply(&Op::Evict { keys })? {
+            self.report.entries_evicted += n;
+        }
+        let inline: HashMap<BlobHash, u64> = chunk
+            .iter()
+            .filter(|c| c.inline)
+            .map(|c| (c.hash, c.stored_size))
+            .collect();
+        self.count_freed_inline(&inline)?;
+        for c in chunk.iter().filter(|c| !c.inline) {
+            let info = self.store.index().blob_info(&c.hash)?;
+            // Claiming a known, unreferenced blob is safe at any age: a put
+            // that races with it retries.
+            if info.is_some_and(|i| i.state == BlobState::Live && i.refs == 0) {
+                self.delete_blob(&c.hash)?;
+            }
+        }
+        self.store.disk_usage()
+    }
+
+    /// The least recently used unpinned entries whose stored sizes add up
+    /// to at least `need` bytes, oldest first. Memory stays proportional to
+    /// what is evicted, not to the size of the cache.
+    fn lru_candidates(&self, need: u64) -> Result<Vec<Candidate>> {
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
+        let mut sum = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.index().scan(&[], after.as_deref(), PAGE)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (key, rec) in page {
+                let Ok(rec) = rec else { continue };
+                if rec.pinned {
+                    continue;
+                }
+                sum += rec.stored_size;
+                heap.push(Candidate {
+                    last_access: rec.last_access,
+                    key,
+                    hash: rec.hash,
+                    inline: rec.inline,
+                    stored_size: rec.stored_size,
+                });
+                while let Some(top) = heap.peek()
+                    && sum - top.stored_size >= need
+                {
+                    sum -= top.stored_size;
+                    heap.pop();
+                }
+            }
+        }
+        Ok(heap.into_sorted_vec())
+    }
+
+    fn recompress(&mut self) -> Result<()> {
+        let Some(level) = self.opts.recompress_level else {
+            return Ok(());
+        };
+        let cutoff = self
+            .now()
+            .saturating_sub(ms(self.opts.recompress_older_than));
+        let mut after = None;
+        while !self.stopped() {
+            let page = self
+                .store
+                .index()
+                .scan_blobs(after.as_ref(), self.batch())?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (hash, info) in page {
+                let due = info.state == BlobState::Live
+                    && !info.inline
+                    && info.codec == Codec::Zstd
+                    && info.refs > 0
+                    && info.since <= cutoff
+                    && info.level.is_none_or(|l| l < level);
+                if !due {
+                    continue;
+                }
+                if self.dry() {
+                    self.report.blobs_recompressed += 1;
+                    self.report.bytes_recompressed += info.stored_size;
+                    continue;
+                }
+                let store = self.store.blob_store();
+                let Some(r) = store.recompress(&hash, info.raw_size, level)? else {
+                    continue;
+                };
+                let op = Op::Recompressed {
+                    hash,
+                    level,
+                    old_stored_size: info.stored_size,
+                    stored_size: r.stored_size,
+                    disk_bytes: r.disk_bytes,
+                };
+                self.store.index().apply(&op)?;
+                if r.replaced {
+                    self.report.blobs_recompressed += 1;
+                    self.report.bytes_recompressed += info.stored_size;
+                    self.report.bytes_saved += info.stored_size.saturating_sub(r.stored_size);
+                }
+                let done = self.report.blobs_recompressed;
+                self.progress(GcStep::Recompress, done, None);
+                if self.stopped() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn file_bytes(path: &Path) -> u64 {
+    fs::symlink_metadata(path).map_or(0, |m| fsutil::disk_bytes(&m))
+}
+
+/// The background sweeper of one store: a thread woken by its interval or
+/// by a put that crossed the size cap. It holds the store weakly and stops
+/// when the last handle is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Sweeper {
+    wake: Mutex<Option<SyncSender<()>>>,
+    /// Index and journal bytes at the last sweep (for the cheap cap check).
+    index_bytes: AtomicU64,
+}
+
+impl Sweeper {
+    fn wake(&self) {
+        if let Ok(slot) = self.wake.lock()
+            && let Some(tx) = slot.as_ref()
+        {
+            // A full channel means a sweep is already due.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+/// Starts the background sweeper when the store asks for one (an interval
+/// or a size cap).
+pub(crate) fn start_background(store: &Store) {
+    let opts = store.options();
+    if opts.gc_interval.is_none() && opts.max_size.is_none() {
+        return;
+    }
+    let sweeper = store.sweeper();
+    sweeper
+        .index_bytes
+        .store(store.index_disk_bytes(), Ordering::Relaxed);
+    let (tx, rx) = mpsc::sync_channel(1);
+    if let Ok(mut slot) = sweeper.wake.lock() {
+        *slot = Some(tx);
+    }
+    let weak = store.downgrade();
+    let every = opts.gc_interval;
+    let spawned = std::thread::Builder::new()
+        .name("blobcache-gc".into())
+        .spawn(move || sweeper_loop(&weak, &rx, every));
+    if let Err(e) = spawned {
+        log::warn!("could not start the background sweeper ({e}); run gc explicitly");
+    }
+}
+
+fn sweeper_loop(weak: &WeakStore, rx: &Receiver<()>, every: Option<Duration>) {
+    let idle = every.unwrap_or(365 * DAY);
+    loop {
+        if let Err(RecvTimeoutError::Disconnected) = rx.recv_timeout(idle) {
+            return;
+        }
+        let Some(store) = weak.upgrade() else { return };
+        let over_cap = background_sweep(&store, weak);
+        drop(store);
+        // Wake-ups that came during the sweep are served by it.
+        while rx.try_recv().is_ok() {}
+        if over_cap && let Err(RecvTimeoutError::Disconnected) = rx.recv_timeout(COOLDOWN) {
+            return;
+        }
+    }
+}
+
+/// Runs one background sweep; true when the cache is still over its cap.
+fn background_sweep(store: &Store, weak: &WeakStore) -> bool {
+    let mut opts = store.options().gc.clone();
+    opts.wait = false;
+    let handles = weak.clone();
+    // This thread holds one handle while it sweeps; when it is the only
+    // one left, the store is being closed.
+    opts.cancel = Some(Arc::new(move || handles.handles() <= 1));
+    match store.gc(&opts) {
+        Ok(r) => {
+            log::debug!("background sweep: {r:?}");
+            r.max_size.is_some_and(|cap| r.disk_bytes_after > cap)
+        }
+        Err(Error::SweepRunning { .. }) => false,
+        Err(e) => {
+            log::warn!("background sweep failed: {e}");
+            false
+        }
+    }
+}
+
+/// Test hooks: let a test stop a put between placing its blob and inserting
+/// its record, to drive the put/GC race deterministically. Not part of the
+/// supported API.
+#[doc(hidden)]
+pub mod hooks {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crate::blobs::BlobHash;
+
+    type Hook = Arc<dyn Fn() + Send + Sync>;
+
+    static ACTIVE: AtomicBool = AtomicBool::new(false);
+    static HOOKS: Mutex<Vec<(BlobHash, Hook)>> = Mutex::new(Vec::new());
+
+    /// Removes its hook when dropped.
+    #[derive(Debug)]
+    pub struct HookGuard(BlobHash);
+
+    impl Drop for HookGuard {
+        fn drop(&mut self) {
+            if let Ok(mut hooks) = HOOKS.lock() {
+                hooks.retain(|(h, _)| *h != self.0);
+                ACTIVE.store(!hooks.is_empty(), Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Calls `f` in every put of the payload named `hash`, after its blob
+    /// is in place and before its record is inserted, until the guard is
+    /// dropped.
+    pub fn on_blob_placed(hash: BlobHash, f: impl Fn() + Send + Sync + 'static) -> HookGuard {
+        if let Ok(mut hooks) = HOOKS.lock() {
+            hooks.push((hash, Arc::new(f)));
+            ACTIVE.store(true, Ordering::SeqCst);
+        }
+        HookGuard(hash)
+    }
+
+    /// The hook point in `Store::commit_put`: one atomic load when no test
+    /// hook is set.
+    pub(crate) fn blob_placed(hash: &BlobHash) {
+        if !ACTIVE.load(Ordering::Relaxed) {
+            return;
+        }
+        let hook = HOOKS.lock().ok().and_then(|hooks| {
+            hooks
+                .iter()
+                .find(|(h, _)| h == hash)
+                .map(|(_, f)| Arc::clone(f))
+        });
+        if let Some(f) = hook {
+            f();
+        }
+    }
+}
