@@ -169,6 +169,8 @@ pub struct Access {
 
 /// Pending access batches are flushed once they hold this many keys.
 const ACCESS_BATCH: usize = 4096;
+/// Records updated per writer-lock hold while flushing access statistics.
+const ACCESS_SLICE: usize = 128;
 const STATE: &[u8] = b"state";
 const COUNTERS: &[u8] = b"counters";
 const BACKEND_PREFIX: &[u8] = b"b:";
@@ -374,12 +376,19 @@ impl Index {
             .name("blobcache-flush".into())
             .spawn(move || {
                 loop {
-                    match rx.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
+                    let woken = match rx.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => false,
+                        Ok(()) => true,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
                     let Some(index) = weak.upgrade() else { return };
-                    if let Err(e) = index.checkpoint() {
+                    // Woken: a batch of access statistics is full.
+                    let res = if woken {
+                        index.flush_access()
+                    } else {
+                        index.checkpoint()
+                    };
+                    if let Err(e) = res {
                         log::warn!("index flush failed: {e}");
                     }
                 }
@@ -565,21 +574,36 @@ impl Index {
         self.counters.add(delta);
     }
 
-    /// Records accesses; they reach the records in batches, not one sled
-    /// write per hit.
+    /// Records accesses; they reach the records in batches, written by
+    /// the flusher thread, not one sled write per hit and not on the
+    /// caller's path (unless the flusher falls far behind).
     pub fn record_access(&self, batch: impl IntoIterator<Item = (Vec<u8>, Access)>) {
-        let full = match self.access.lock() {
+        let pending = match self.access.lock() {
             Ok(mut pending) => {
                 for (k, a) in batch {
                     let slot = pending.entry(k).or_default();
                     slot.hits += a.hits;
                     slot.last = slot.last.max(a.last);
                 }
-                pending.len() >= ACCESS_BATCH
+                pending.len()
             }
-            Err(_) => false,
+            Err(_) => 0,
         };
-        if full && let Err(e) = self.flush_access() {
+        if pending == ACCESS_BATCH {
+            let woke = self
+                .stop
+                .lock()
+                .ok()
+                .and_then(|s| s.as_ref().map(|tx| tx.send(()).is_ok()))
+                .unwrap_or(false);
+            if woke {
+                return;
+            }
+        }
+        // No flusher, or it is far behind: bound the memory here.
+        if pending >= 4 * ACCESS_BATCH
+            && let Err(e) = self.flush_access()
+        {
             log::warn!("flushing access statistics failed: {e}");
         }
     }
@@ -595,18 +619,22 @@ impl Index {
             return Ok(());
         }
         // Under the writer lock, so an op cannot interleave and lose either
-        // its record or these counts.
-        let _w = self.lock_writer()?;
-        for (k, a) in pending {
-            self.t
-                .entries
-                .fetch_and_update(&k, |old| {
-                    let mut rec: Record = from_cbor(old?).ok()?;
-                    rec.hits += a.hits;
-                    rec.last_access = rec.last_access.max(a.last);
-                    Some(to_cbor(&rec))
-                })
-                .map_err(|e| self.t.err(e))?;
+        // its record or these counts; in small slices, so writers wait for
+        // one slice at most.
+        let pending: Vec<_> = pending.into_iter().collect();
+        for slice in pending.chunks(ACCESS_SLICE) {
+            let _w = self.lock_writer()?;
+            for (k, a) in slice {
+                self.t
+                    .entries
+                    .fetch_and_update(k, |old| {
+                        let mut rec: Record = from_cbor(old?).ok()?;
+                        rec.hits += a.hits;
+                        rec.last_access = rec.last_access.max(a.last);
+                        Some(to_cbor(&rec))
+                    })
+                    .map_err(|e| self.t.err(e))?;
+            }
         }
         Ok(())
     }
