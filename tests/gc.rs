@@ -441,6 +441,9 @@ fn worker() {
         return;
     };
     let (what, dir) = spec.split_once('|').unwrap();
+    if what == "hold-sweep" {
+        return hold_sweep(dir);
+    }
     assert_eq!(what, "sweep");
     let opts = StoreOptions::default().flush_interval(Duration::from_secs(3600));
     let store = Store::open(dir, opts).unwrap();
@@ -457,6 +460,60 @@ fn worker() {
     let r = store.gc(&gc).unwrap();
     println!("done {r:?}");
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// Sweeps, pausing at its first progress report until stdin closes.
+fn hold_sweep(dir: &str) {
+    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let paused = AtomicBool::new(false);
+    let gc = GcOptions::new().progress(move |_| {
+        if !paused.swap(true, Ordering::SeqCst) {
+            println!("sweeping");
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+    });
+    let r = store.gc(&gc).unwrap();
+    println!("done {}", r.entries_expired);
+}
+
+#[test]
+fn two_processes_sweeping_at_once_one_sweeps_the_other_is_refused_or_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    for i in 0..20u64 {
+        store
+            .put(
+                "b",
+                format!("k{i}"),
+                &json_payload(i, 500),
+                &PutOptions::new(),
+            )
+            .unwrap();
+    }
+    // Another process (a guest of this one) starts a sweep and pauses in it.
+    let mut other = spawn_worker(&format!("hold-sweep|{}", dir.path().display()));
+    let mut out = BufReader::new(other.stdout.take().unwrap());
+    assert!(wait_for_line(&mut out, |l| l.starts_with("sweeping")).is_some());
+
+    let err = store.gc(&GcOptions::new()).unwrap_err();
+    assert!(matches!(err, Error::SweepRunning { .. }), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
+
+    // With `wait`, the second sweep runs once the first is done.
+    let waiter = {
+        let store = store.clone();
+        std::thread::spawn(move || store.gc(&GcOptions::new().wait(true)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !waiter.is_finished(),
+        "waits while the other process sweeps"
+    );
+    drop(other.stdin.take());
+    assert!(wait_for_line(&mut out, |l| l.starts_with("done")).is_some());
+    assert!(other.wait().unwrap().success());
+    waiter.join().unwrap().unwrap();
+    assert_clean(&store);
 }
 
 #[test]
