@@ -169,7 +169,7 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
         ),
         (
             "took",
-            humantime::format_duration(millis(r.duration)).to_string(),
+            humantime::format_duration(rounded(r.duration)).to_string(),
         ),
     ];
     if let Some(n) = unused {
@@ -184,7 +184,11 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
     out.flush()
 }
 
-/// `d` rounded down to whole milliseconds (humantime prints every digit).
-fn millis(d: Duration) -> Duration {
+/// `d` rounded down to whole microseconds under a second, to whole
+/// milliseconds above (humantime prints every digit).
+fn rounded(d: Duration) -> Duration {
+    if d < Duration::from_secs(1) {
+        return Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
