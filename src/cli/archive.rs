@@ -121,9 +121,9 @@ pub fn export(a: ExportArgs, ctx: &Ctx) -> Result<Status, Error> {
     };
     drop(bar);
     let human = format!(
-        "exported {} ({} blobs, {}) to {}: {} archive{}",
+        "exported {} ({}, {}) to {}: {} archive{}",
         output::entries(report.entries),
-        report.blobs,
+        output::count(report.blobs, "blob", "blobs"),
         output::size(report.blob_bytes),
         destination(&a.file),
         output::size(report.archive_bytes),

@@ -153,8 +153,8 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
         (
             "recompress",
             format!(
-                "{} blobs, {} saved of {}",
-                r.blobs_recompressed,
+                "{}, {} saved of {}",
+                output::count(r.blobs_recompressed, "blob", "blobs"),
                 output::size(r.bytes_saved),
                 output::size(r.bytes_recompressed)
             ),
@@ -184,10 +184,10 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
     out.flush()
 }
 
-/// `d` rounded down to whole microseconds under a second, to whole
+/// `d` rounded down to whole microseconds under a millisecond, to whole
 /// milliseconds above (humantime prints every digit).
 fn rounded(d: Duration) -> Duration {
-    if d < Duration::from_secs(1) {
+    if d < Duration::from_millis(1) {
         return Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

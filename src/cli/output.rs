@@ -124,6 +124,16 @@ pub fn expires_in(expires_at: u64, now: u64) -> String {
     }
 }
 
+/// `expires in 2days 23h` or `expired 5m ago`, for an expiry time in ms.
+pub fn expiry(expires_at: u64, now: u64) -> String {
+    let when = expires_in(expires_at, now);
+    if expires_at > now {
+        format!("expires {when}")
+    } else {
+        when
+    }
+}
+
 /// RFC 3339 time (UTC, seconds) of a time in ms since the epoch.
 pub fn timestamp(ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms);
@@ -207,7 +217,12 @@ pub fn storage(compressed: bool, inline: bool) -> String {
 
 /// `1 entry`, `3 entries`.
 pub fn entries(n: u64) -> String {
-    let noun = if n == 1 { "entry" } else { "entries" };
+    count(n, "entry", "entries")
+}
+
+/// `n` followed by the singular or the plural noun.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    let noun = if n == 1 { one } else { many };
     format!("{n} {noun}")
 }
 
