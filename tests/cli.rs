@@ -859,9 +859,13 @@ fn gc_unused_since_drops_entries_not_used_since_then() {
 }
 
 #[test]
-fn gc_rejects_bad_flags() {
+fn gc_of_no_cache_is_empty_and_bad_flags_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let absent = d.join("absent");
+    let v = json(&run_code(&absent, &["--json", "gc"], b"", 0));
+    assert_eq!(v["entries_expired"], 0);
+    assert!(!absent.exists(), "gc of no cache creates none");
     for args in [
         &["gc", "--max-size", "lots"][..],
         &["gc", "--grace", "soon"],

@@ -84,7 +84,11 @@ fn step_name(step: GcStep) -> &'static str {
 
 /// Runs `gc`.
 pub fn run(a: GcArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let store = ctx.open()?;
+    let Some(store) = ctx.open_existing()? else {
+        // No cache yet: nothing to sweep, and nothing is created.
+        print(&GcReport::default(), a.unused_since.map(|_| 0), &a, ctx)?;
+        return Ok(Status::Done);
+    };
     let unused = match a.unused_since {
         Some(t) => Some(store.remove_unused_since(t)?),
         None => None,
