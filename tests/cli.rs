@@ -677,7 +677,8 @@ fn get_output_file_is_atomic_and_errors_leave_nothing() {
 fn every_subcommand_has_help_with_examples() {
     let dir = tempfile::tempdir().unwrap();
     for sub in [
-        "put", "get", "rm", "touch", "ls", "clear", "stats", "health", "verify",
+        "put", "get", "rm", "touch", "ls", "clear", "stats", "health", "verify", "gc", "export",
+        "import", "serve",
     ] {
         let o = run_code(dir.path(), &[sub, "--help"], b"", 0);
         let text = String::from_utf8(o.stdout).unwrap();
@@ -774,4 +775,343 @@ fn a_100_mib_payload_streams_through_put_and_get_in_bounded_memory() {
     );
     assert!(put_peak < LIMIT_KIB, "put peaked at {put_peak} KiB");
     assert!(get_peak < LIMIT_KIB, "get peaked at {get_peak} KiB");
+}
+
+/// The fields of `gc --json`: the library's `GcReport` plus `entries_unused`.
+const GC_FIELDS: &[&str] = &[
+    "dry_run",
+    "entries_expired",
+    "entries_evicted",
+    "blobs_deleted",
+    "bytes_freed",
+    "blobs_recompressed",
+    "bytes_recompressed",
+    "bytes_saved",
+    "staging_removed",
+    "disk_bytes_before",
+    "disk_bytes_after",
+    "max_size",
+    "cancelled",
+    "duration_ms",
+    "entries_unused",
+];
+
+#[test]
+fn gc_removes_entries_expired_past_the_grace_and_dry_run_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "b", "old", b"old data", &["--ttl", "0s"]);
+    put(d, "b", "live", b"live data", &[]);
+
+    // The default grace (7 days) keeps the expired entry for get --stale.
+    let v = json(&run_code(d, &["--json", "gc"], b"", 0));
+    assert_fields(&v, GC_FIELDS);
+    assert_eq!(v["entries_expired"], 0);
+    assert_eq!(v["entries_unused"], Value::Null);
+    assert_eq!(code(&run(d, &["get", "b", "old", "--stale"], b"")), 0);
+
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--grace", "0s", "--dry-run"],
+        b"",
+        0,
+    ));
+    assert_fields(&v, GC_FIELDS);
+    assert_eq!(
+        (v["dry_run"].clone(), v["entries_expired"].clone()),
+        (Value::Bool(true), 1.into())
+    );
+    assert_eq!(code(&run(d, &["get", "b", "old", "--stale"], b"")), 0);
+
+    let o = run_code(d, &["gc", "--grace", "0s", "--max-size", "1GiB"], b"", 0);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("expired     1 entry removed"), "{text}");
+    assert!(text.contains("cap 1.0 GiB"), "{text}");
+    assert!(!text.contains("dry run"), "{text}");
+    assert_eq!(code(&run(d, &["get", "b", "old", "--stale"], b"")), 1);
+    assert_eq!(get(d, "b", "live").stdout, b"live data");
+}
+
+#[test]
+fn gc_unused_since_drops_entries_not_used_since_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "b", "s", b"x", &[]);
+    // A time after the put: the entry was not used since.
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(120))
+            .to_string();
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--unused-since", "1h"],
+        b"",
+        0,
+    ));
+    assert_eq!(v["entries_unused"], 0);
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--unused-since", &later],
+        b"",
+        0,
+    ));
+    assert_eq!(v["entries_unused"], 1);
+    assert_eq!(code(&get(d, "b", "s")), 1);
+}
+
+#[test]
+fn gc_of_no_cache_is_empty_and_bad_flags_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let absent = d.join("absent");
+    let v = json(&run_code(&absent, &["--json", "gc"], b"", 0));
+    assert_eq!(v["entries_expired"], 0);
+    assert!(!absent.exists(), "gc of no cache creates none");
+    for args in [
+        &["gc", "--max-size", "lots"][..],
+        &["gc", "--grace", "soon"],
+        &["gc", "--recompress-level", "40"],
+        &["gc", "--unused-since", "yesterday-ish"],
+        &["gc", "--unused-since", "1h", "--dry-run"],
+    ] {
+        let o = run(d, args, b"");
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn gc_while_another_sweep_runs_fails_or_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "b", "s", b"x", &[]);
+    // Hold the sweeper's lock as a running sweep would.
+    let lock = std::fs::File::create(d.join("locks").join("gc.lock")).unwrap();
+    lock.lock().unwrap();
+    let err = assert_one_line_error(&run(d, &["gc"], b""));
+    assert!(err.contains("already running"), "{err}");
+    assert!(err.contains("--wait"), "{err}");
+
+    let waiting = cli(d)
+        .args(["--json", "gc", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whether it already blocks on the lock or has not started yet, it can
+    // only finish once the lock is released.
+    thread::sleep(Duration::from_millis(200));
+    lock.unlock().unwrap();
+    let o = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_fields(&json(&o), GC_FIELDS);
+}
+
+/// Puts a small JSON entry, a binary one and a file-sized one into `d`.
+fn fill_for_export(d: &Path) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut big = Vec::new();
+    GenReader::new(7, 300 << 10).read_to_end(&mut big).unwrap();
+    let entries = vec![
+        ("tmdb", "movie/603", br#"{"id":603}"#.to_vec()),
+        ("tmdb", "bin", all_bytes()),
+        ("anidb", "dump/1", big),
+    ];
+    for (b, s, payload) in &entries {
+        put(d, b, s, payload, &[]);
+    }
+    entries
+}
+
+/// The fields of `export --json`.
+const EXPORT_FIELDS: &[&str] = &["entries", "skipped", "blobs", "blob_bytes", "archive_bytes"];
+
+/// The fields of `import --json`.
+const IMPORT_FIELDS: &[&str] = &[
+    "entries",
+    "imported",
+    "skipped",
+    "rejected",
+    "blobs_imported",
+    "bytes_imported",
+    "blobs_skipped",
+    "bytes_skipped",
+    "blobs_rejected",
+    "bytes_rejected",
+];
+
+#[test]
+fn export_to_a_file_and_import_into_an_empty_dir_round_trips_byte_exact() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = fill_for_export(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("cache.tar");
+    let a = archive.to_str().unwrap();
+
+    let v = json(&run_code(src.path(), &["--json", "export", a], b"", 0));
+    assert_fields(&v, EXPORT_FIELDS);
+    assert_eq!(v["entries"], 3);
+    assert_eq!(
+        v["archive_bytes"],
+        std::fs::metadata(&archive).unwrap().len()
+    );
+    // Written through a temporary file that is gone now.
+    let names: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("cache.tar")]);
+
+    let target = dst.path().join("cache");
+    let o = run_code(&target, &["import", a], b"", 0);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.starts_with("imported 3 entries of 3"), "{text}");
+    for (b, s, payload) in &entries {
+        assert_eq!(&get(&target, b, s).stdout, payload, "{b}/{s}");
+    }
+    // Again: every key is held, nothing newer comes in.
+    let v = json(&run_code(&target, &["--json", "import", a], b"", 0));
+    assert_fields(&v, IMPORT_FIELDS);
+    assert_eq!(
+        (v["imported"].clone(), v["skipped"].clone()),
+        (0.into(), 3.into())
+    );
+}
+
+#[test]
+fn export_to_stdout_pipes_into_import_of_another_dir() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = fill_for_export(src.path());
+    let mut export = cli(src.path())
+        .args(["--json", "export", "-", "--backend", "tmdb"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = cli(dst.path())
+        .args(["--json", "import", "-"])
+        .stdin(Stdio::from(export.stdout.take().unwrap()))
+        .output()
+        .unwrap();
+    let exported = export.wait_with_output().unwrap();
+    assert_eq!(code(&exported), 0, "{}", stderr(&exported));
+    // stdout carried the archive: the report went to stderr.
+    let report: Value = serde_json::from_slice(&exported.stderr).unwrap();
+    assert_eq!(report["entries"], 2);
+    assert_eq!(code(&import), 0, "{}", stderr(&import));
+    assert_eq!(json(&import)["imported"], 2);
+    for (b, s, payload) in &entries {
+        let o = get(dst.path(), b, s);
+        if *b == "tmdb" {
+            assert_eq!(&o.stdout, payload, "{b}/{s}");
+        } else {
+            assert_eq!(code(&o), 1, "{b}/{s} was not selected");
+        }
+    }
+}
+
+#[test]
+fn import_of_a_truncated_archive_fails_in_one_line_and_imports_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    fill_for_export(src.path());
+    let archive = run_code(src.path(), &["export", "-"], b"", 0).stdout;
+    let dst = tempfile::tempdir().unwrap();
+    put(dst.path(), "keep", "me", b"kept", &[]);
+    for cut in (1..10).map(|k| archive.len() * k / 10) {
+        let err = assert_one_line_error(&run(dst.path(), &["import", "-"], &archive[..cut]));
+        assert!(err.contains("nothing from it was imported"), "{err}");
+        let listed = json(&run_code(dst.path(), &["--json", "ls"], b"", 0));
+        assert_eq!(
+            listed.as_array().map(Vec::len),
+            Some(1),
+            "cut at {cut}: {listed}"
+        );
+    }
+    let missing = dst.path().join("absent.tar");
+    let err = assert_one_line_error(&run(
+        dst.path(),
+        &["import", missing.to_str().unwrap()],
+        b"",
+    ));
+    assert!(err.contains("absent.tar"), "{err}");
+}
+
+#[test]
+fn export_into_a_missing_directory_fails_and_leaves_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    put(src.path(), "b", "s", b"x", &[]);
+    let target = src.path().join("no").join("such").join("cache.tar");
+    let err = assert_one_line_error(&run(src.path(), &["export", target.to_str().unwrap()], b""));
+    assert!(err.contains("no/such"), "{err}");
+    assert!(!src.path().join("no").exists());
+}
+
+#[test]
+fn import_merge_keep_and_replace() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    put(a.path(), "b", "k", b"held", &[]);
+    put(b.path(), "b", "k", b"archived", &[]);
+    put(b.path(), "b", "new", b"only in the archive", &[]);
+    let archive = run_code(b.path(), &["export", "-"], b"", 0).stdout;
+
+    let v = json(&run_code(
+        a.path(),
+        &["--json", "import", "-", "--merge", "keep"],
+        &archive,
+        0,
+    ));
+    assert_eq!(
+        (v["imported"].clone(), v["skipped"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(get(a.path(), "b", "k").stdout, b"held");
+    assert_eq!(get(a.path(), "b", "new").stdout, b"only in the archive");
+
+    let v = json(&run_code(
+        a.path(),
+        &["--json", "import", "-", "--merge", "replace"],
+        &archive,
+        0,
+    ));
+    assert_eq!(v["imported"], 2);
+    assert_eq!(get(a.path(), "b", "k").stdout, b"archived");
+
+    assert_eq!(
+        code(&run(
+            a.path(),
+            &["import", "-", "--merge", "newest"],
+            &archive
+        )),
+        2
+    );
+}
+
+#[test]
+fn serve_owns_the_cache_while_other_processes_use_it_and_stops_at_stdin_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut server = cli(d)
+        .args(["serve", "--gc-interval", "1h", "--max-size", "1GiB"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap());
+    let first = wait_for_line(&mut lines, |_| true).expect("serve printed a line");
+    assert!(first.contains("as its owner"), "{first}");
+
+    put(d, "tmdb", "movie/603", b"{\"id\":603}", &[]);
+    assert_eq!(get(d, "tmdb", "movie/603").stdout, b"{\"id\":603}");
+    let v = json(&run_code(d, &["--json", "stats"], b"", 0));
+    assert_eq!(v["entries"], 1);
+    // The other processes were guests: serve still owns the cache. A second
+    // serve (stdin already at EOF) says so and stops at once.
+    let v = json(&run_code(d, &["--json", "serve"], b"", 0));
+    assert_fields(&v, &["dir", "owner", "owner_pid", "pid"]);
+    assert_eq!(v["owner"], false);
+    assert_eq!(v["owner_pid"], server.id());
+
+    drop(server.stdin.take());
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(get(d, "tmdb", "movie/603").stdout, b"{\"id\":603}");
 }

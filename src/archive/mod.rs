@@ -258,8 +258,9 @@ impl ImportOptions {
     }
 }
 
-/// What [`Store::export`] wrote.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`Store::export`] wrote. Serializes (serde) for
+/// `blobcache export --json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ExportReport {
     /// Entries in the manifest.
     pub entries: u64,
@@ -274,8 +275,9 @@ pub struct ExportReport {
     pub archive_bytes: u64,
 }
 
-/// What [`Store::import`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`Store::import`] did. Serializes (serde) for
+/// `blobcache import --json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImportReport {
     /// Entries the archive holds.
     pub entries: u64,

@@ -106,7 +106,7 @@ fn report(
         log::warn!("no entry {}/{}", key.backend, key.signature);
     } else if ctx.chatty() {
         let until = expires_at_ms
-            .map(|e| format!(", expires {}", output::expires_in(e, output::now_ms())))
+            .map(|e| format!(", {}", output::expiry(e, output::now_ms())))
             .unwrap_or_default();
         out.line(format_args!(
             "{verb} {}/{}{until}",

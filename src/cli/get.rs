@@ -1,6 +1,5 @@
 //! `blobcache get`: write a cached payload (or its metadata) out.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -153,41 +152,9 @@ fn pump_to(
     })
 }
 
-/// Writes `src` to a fresh file beside `path`, then renames it into place;
-/// on any failure the temporary file is removed and `path` is untouched.
+/// Writes `src` to `path` atomically (see [`output::write_atomic`]).
 fn write_file_atomic(path: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(|| "payload".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.blobcache-{}.tmp", std::process::id()));
-    let result = fill_new_file(&tmp, src, key).and_then(|_| {
-        fs::rename(&tmp, path).map_err(|source| Error::Io {
-            op: "rename the output into",
-            path: path.to_path_buf(),
-            source,
-        })
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn fill_new_file(tmp: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
-    let io_err = |op, source| Error::Io {
-        op,
-        path: tmp.to_path_buf(),
-        source,
-    };
-    let mut f: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map_err(|e| io_err("create", e))?;
-    pump_to(src, &mut f, key, || tmp.to_path_buf())?;
-    f.sync_all().map_err(|e| io_err("sync", e))
+    output::write_atomic(path, |f, tmp| {
+        pump_to(src, f, key, || tmp.to_path_buf()).map(drop)
+    })
 }

@@ -5,14 +5,17 @@
 //! variant of [`Command`] and a line in [`Command::run`]. Commands call only
 //! the public library API.
 
+mod archive;
 mod check;
 mod clear;
 mod entry;
+mod gc;
 mod get;
 mod ls;
 mod output;
 mod progress;
 mod put;
+mod serve;
 mod stats;
 
 use std::io::{IsTerminal, Write};
@@ -41,6 +44,8 @@ Examples:
   blobcache get tmdb movie/603 > movie.json
   blobcache ls tmdb --long
   blobcache --json stats | jq .hit_ratio
+  blobcache gc --max-size 2GiB
+  blobcache export cache.tar && blobcache --dir other import cache.tar
 
 Exit codes:
   0  success; for `get`, a hit
@@ -108,6 +113,15 @@ enum Command {
     Health(check::HealthArgs),
     /// Check every entry and blob; optionally repair what is wrong.
     Verify(check::VerifyArgs),
+    /// Sweep: expired entries, unused blobs, size cap, recompression.
+    Gc(gc::GcArgs),
+    /// Write the cache (or part of it) as one archive, for CI.
+    Export(archive::ExportArgs),
+    /// Merge an archive made by `export` into the cache.
+    Import(archive::ImportArgs),
+    /// Hold the cache open as its owner, with background GC, until stdin
+    /// closes (the long-running mode).
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
@@ -122,6 +136,10 @@ impl Command {
             Command::Stats(a) => stats::run(a, ctx),
             Command::Health(a) => check::health(a, ctx),
             Command::Verify(a) => check::verify(a, ctx),
+            Command::Gc(a) => gc::run(a, ctx),
+            Command::Export(a) => archive::export(a, ctx),
+            Command::Import(a) => archive::import(a, ctx),
+            Command::Serve(a) => serve::run(a, ctx),
         }
     }
 }

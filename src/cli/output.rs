@@ -1,8 +1,9 @@
 //! Writing results: stdout with broken-pipe handling, JSON documents, the
 //! JSON shape of an entry, and human forms of sizes, times and durations.
 
-use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blobcache::{EntryMeta, Error, system_time_ms};
@@ -123,6 +124,16 @@ pub fn expires_in(expires_at: u64, now: u64) -> String {
     }
 }
 
+/// `expires in 2days 23h` or `expired 5m ago`, for an expiry time in ms.
+pub fn expiry(expires_at: u64, now: u64) -> String {
+    let when = expires_in(expires_at, now);
+    if expires_at > now {
+        format!("expires {when}")
+    } else {
+        when
+    }
+}
+
 /// RFC 3339 time (UTC, seconds) of a time in ms since the epoch.
 pub fn timestamp(ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms);
@@ -206,6 +217,86 @@ pub fn storage(compressed: bool, inline: bool) -> String {
 
 /// `1 entry`, `3 entries`.
 pub fn entries(n: u64) -> String {
-    let noun = if n == 1 { "entry" } else { "entries" };
+    count(n, "entry", "entries")
+}
+
+/// `n` followed by the singular or the plural noun.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    let noun = if n == 1 { one } else { many };
     format!("{n} {noun}")
+}
+
+/// Writes a file atomically: `fill` writes a fresh temporary file beside
+/// `path` (it gets the file and the temporary path, for error messages),
+/// which is then synced and renamed into place. On any failure the
+/// temporary file is removed and `path` is left as it was.
+pub fn write_atomic<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.blobcache-{}.tmp", std::process::id()));
+    let result = fill_new_file(&tmp, fill).and_then(|value| {
+        fs::rename(&tmp, path).map_err(|source| Error::Io {
+            op: "rename the output into",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn fill_new_file<T>(
+    tmp: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let io_err = |op, source| Error::Io {
+        op,
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| io_err("create", e))?;
+    let value = fill(&mut f, tmp)?;
+    f.sync_all().map_err(|e| io_err("sync", e))?;
+    Ok(value)
+}
+
+/// Parses a point in time: RFC 3339 (`2026-11-23T15:00:00Z`, or without
+/// the zone or seconds), or a duration ago (`2h`, `1day 3h`).
+pub fn parse_time(s: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-23T15:00:00Z) nor a duration ago (2h)")
+    })?;
+    SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{s:?} reaches before the start of the clock"))
+}
+
+/// Standard output for binary data (an archive): refused when it is a
+/// terminal, where the bytes would only garble the screen.
+pub fn binary_stdout() -> Result<io::Stdout, Error> {
+    let stdout = io::stdout();
+    if stdout.is_terminal() {
+        return Err(stdout_error(io::Error::other(
+            "it is a terminal; redirect it (> cache.tar) or give a FILE",
+        )));
+    }
+    Ok(stdout)
 }

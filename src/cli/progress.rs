@@ -45,6 +45,27 @@ impl Progress {
     }
 }
 
+/// A function moving the bar of a job with several steps: it names the
+/// step, the items done, and the items expected when known.
+pub type Stepper = Box<dyn Fn(&'static str, u64, Option<u64>) + Send + Sync>;
+
+impl Progress {
+    /// A function that relabels the bar, resizes it when the total is
+    /// known, and moves it, for callbacks that must be `'static`.
+    pub fn stepper(&self) -> Stepper {
+        let bar = self.bar.clone();
+        Box::new(move |what, done, total| {
+            if let Some(bar) = &bar {
+                bar.set_message(what);
+                if let Some(total) = total {
+                    bar.set_length(total);
+                }
+                bar.set_position(done);
+            }
+        })
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {

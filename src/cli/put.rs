@@ -129,12 +129,12 @@ fn report(a: &PutArgs, r: &PutReport, ctx: &Ctx) -> Result<(), Error> {
     } else if ctx.chatty() {
         let dedup = if r.deduplicated { ", deduplicated" } else { "" };
         out.line(format_args!(
-            "{}  {} -> {} stored ({}{dedup}), expires {}",
+            "{}  {} -> {} stored ({}{dedup}), {}",
             r.hash,
             output::size(r.raw_size),
             output::size(r.stored_size),
             output::storage(r.compressed, r.inline),
-            output::expires_in(r.expires_at, output::now_ms()),
+            output::expiry(r.expires_at, output::now_ms()),
         ))?;
     }
     out.flush()
