@@ -22,6 +22,8 @@
 //! ```
 //! blobcache::fuzzing::record_decode(b"\xa1\x61v\x01");
 //! blobcache::fuzzing::blob_read(b"\x00\x40\x00\x07not a zstd frame");
+//! blobcache::fuzzing::archive_import(b"\x00not a tar archive");
+//! blobcache::fuzzing::wire_decode(b"\x05\x00\x00\x00\xa0");
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,9 +43,21 @@ use crate::record::{BlobInfo, from_cbor, to_cbor};
 use crate::testkit::{Rng, json_payload};
 use crate::{Clock, Error, ManualClock, PutOptions, Selector, Store, StoreOptions, VerifyOptions};
 
+mod archive_import;
+mod wire_decode;
+
+pub use archive_import::{archive_import, archive_import_case, archive_seeds};
+pub use wire_decode::{wire_decode, wire_owner, wire_seed};
+
 /// The names of the targets, as used for `fuzz/fuzz_targets/<name>.rs`
 /// and `fuzz/corpus/<name>/`.
-pub const TARGETS: &[&str] = &["record_decode", "blob_read", "store_ops"];
+pub const TARGETS: &[&str] = &[
+    "record_decode",
+    "blob_read",
+    "store_ops",
+    "archive_import",
+    "wire_decode",
+];
 
 /// Runs the target called `name` on `data`; false when no target has
 /// that name.
@@ -52,6 +66,8 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
         "record_decode" => record_decode(data),
         "blob_read" => blob_read(data),
         "store_ops" => store_ops(data),
+        "archive_import" => archive_import(data),
+        "wire_decode" => wire_decode(data),
         _ => return false,
     }
     true

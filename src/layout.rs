@@ -21,7 +21,7 @@ use crate::fsutil;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Names blobcache itself puts in the cache directory.
-const OWN_NAMES: &[&str] = &[
+pub(crate) const OWN_NAMES: &[&str] = &[
     "VERSION",
     "index",
     "journal",

@@ -84,6 +84,25 @@ fn corpus_store_ops() {
     replay("store_ops");
 }
 
+#[test]
+fn corpus_archive_import() {
+    replay("archive_import");
+}
+
+#[test]
+fn corpus_wire_decode() {
+    replay("wire_decode");
+}
+
+/// The wire corpus sent to a live owner, which must keep serving.
+#[test]
+fn corpus_wire_owner() {
+    for (path, data) in corpus("wire_decode") {
+        let res = catch_unwind(AssertUnwindSafe(|| fuzzing::wire_owner(&data)));
+        assert!(res.is_ok(), "wire_owner failed on {}", path.display());
+    }
+}
+
 // ---------------------------------------------------------------------
 // Generated inputs
 // ---------------------------------------------------------------------
@@ -182,6 +201,75 @@ proptest! {
     }
 }
 
+/// The seed archives, made once per test process.
+fn archives() -> &'static [(String, Vec<u8>)] {
+    static SEEDS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(fuzzing::archive_seeds)
+}
+
+proptest! {
+    #![proptest_config(cases(1500))]
+
+    /// Real exports, intact or damaged, under every option byte, and noise.
+    #[test]
+    fn generated_archive_import(
+        which in any::<usize>(),
+        head in any::<u8>(),
+        flips in flips(),
+        keep in proptest::option::of(0u16..=1000),
+        noise in proptest::collection::vec(any::<u8>(), 0..600),
+        use_noise in any::<bool>(),
+    ) {
+        let seeds = archives();
+        let (_, seed) = &seeds[which % seeds.len()];
+        let mut data = vec![head];
+        if use_noise {
+            data.extend_from_slice(&noise);
+        } else {
+            data.extend_from_slice(&damage(seed[1..].to_vec(), &flips, keep));
+        }
+        fuzzing::archive_import(&data);
+    }
+}
+
+/// Valid frame streams (hello, then requests), intact or damaged, and
+/// noise.
+fn wire_input() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(any::<u8>(), 0..6),
+        flips(),
+        proptest::option::of(0u16..=1000),
+        proptest::collection::vec(any::<u8>(), 0..200),
+        any::<bool>(),
+    )
+        .prop_map(|(kinds, flips, keep, noise, use_noise)| {
+            if use_noise {
+                noise
+            } else {
+                damage(fuzzing::wire_seed(&kinds), &flips, keep)
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(cases(4000))]
+
+    #[test]
+    fn generated_wire_decode(data in wire_input()) {
+        fuzzing::wire_decode(&data);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(150))]
+
+    /// The same inputs sent to a live owner.
+    #[test]
+    fn generated_wire_owner(data in wire_input()) {
+        fuzzing::wire_owner(&data);
+    }
+}
+
 // ---------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------
@@ -267,6 +355,41 @@ fn write_seeds() {
     other.extend_from_slice(&fuzzing::stored_form(&json_payload(2, 3000)));
     write_seed("blob_read", "json-other-content", &other);
 
+    // archive_import: real exports, then damaged copies of the first.
+    let seeds = fuzzing::archive_seeds();
+    for (name, data) in &seeds {
+        write_seed("archive_import", name, data);
+    }
+    let export = &seeds[0].1;
+    write_seed(
+        "archive_import",
+        "export-truncated",
+        &export[..export.len() / 2],
+    );
+    write_seed("archive_import", "export-cut-in-manifest", &export[..700]);
+    let flipped = damage(export.clone(), &[(export.len() / 3, 0x40)], None);
+    write_seed("archive_import", "export-flipped-blob", &flipped);
+    write_seed("archive_import", "not-tar", b"\x00{\"id\":603}");
+
+    // wire_decode: frame streams the owner reads.
+    for (name, kinds) in [
+        ("hello-only", &[][..]),
+        ("state-lookup-scan", &[0, 1, 2]),
+        ("counters-disk-blobinfo", &[3, 4, 5]),
+        ("inline-expired-keys", &[6, 7, 8]),
+        ("report-touch-verify", &[9, 10, 11]),
+    ] {
+        write_seed("wire_decode", name, &fuzzing::wire_seed(kinds));
+    }
+    let stream = fuzzing::wire_seed(&[0, 1, 2]);
+    write_seed(
+        "wire_decode",
+        "stream-truncated",
+        &stream[..stream.len() - 3],
+    );
+    write_seed("wire_decode", "huge-length", b"\xff\xff\xff\x7f\xa0");
+    write_seed("wire_decode", "over-max-frame", b"\x01\x00\x00\x04\xa0");
+
     // store_ops: random byte strings of a few lengths.
     for (i, len) in [16usize, 64, 200, 400, 800].into_iter().enumerate() {
         let mut b = vec![0u8; len];
@@ -326,4 +449,26 @@ fn regression_expiry_saturated_at_clock_max() {
     assert_eq!(store.stats().unwrap().expired, 1);
     assert_eq!(store.purge_expired().unwrap(), 1);
     assert!(store.get_stale("b", "s").unwrap().is_none());
+}
+
+/// The intact seed archives import (so the target's success path runs),
+/// and a truncated one is refused.
+#[test]
+fn archive_seeds_import_into_a_prefilled_cache() {
+    for (name, data) in archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .put("tmdb", "movie/603", b"held", &PutOptions::new())
+            .unwrap();
+        let (opts, archive) = fuzzing::archive_import_case(data);
+        let report = store.import(archive, &opts).unwrap();
+        let want = if name == "export-empty" { 0 } else { 5 };
+        assert_eq!(report.entries, want, "{name}");
+        assert_eq!(report.imported + report.skipped, want, "{name}: {report:?}");
+        let cut = &archive[..archive.len() / 2];
+        if want > 0 {
+            assert!(store.import(cut, &opts).is_err(), "{name} truncated");
+        }
+    }
 }
