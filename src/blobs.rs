@@ -760,6 +760,9 @@ pub(crate) fn hash_of_path(path: &Path) -> Option<BlobHash> {
     (h.to_hex() == format!("{dir}{name}")).then_some(h)
 }
 
+/// See `staging_is_abandoned`.
+const EMPTY_STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn staging_is_abandoned(path: &Path, min_age: std::time::Duration) -> bool {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return false;
@@ -769,6 +772,15 @@ fn staging_is_abandoned(path: &Path, min_age: std::time::Duration) -> bool {
         // is safe, directories are left for a human.
         return meta.file_type().is_symlink();
     }
+    // A writer creates its staging file and then locks it: an empty file
+    // may be one in that instant, so it gets a fixed grace of its own
+    // whatever `min_age` says (otherwise the cleaner could remove it, or
+    // hold its lock when the writer reaches for it).
+    let min_age = if meta.len() == 0 {
+        min_age.max(EMPTY_STAGING_GRACE)
+    } else {
+        min_age
+    };
     let old_enough = meta
         .modified()
         .ok()

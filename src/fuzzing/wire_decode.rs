@@ -114,7 +114,10 @@ fn seed_request(kind: u8, n: u64) -> Request {
             limit: 10,
         },
         3 => Request::Counters,
-        4 => Request::DiskSize,
+        4 => Request::ScanBlobs {
+            after: None,
+            limit: 10,
+        },
         5 => Request::BlobInfo(BlobHash::of(b"kept")),
         6 => Request::InlineBytes(BlobHash::of(b"kept")),
         7 => Request::CountExpired(n),

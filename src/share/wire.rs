@@ -191,9 +191,9 @@ pub(crate) fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, Fr
             "frame of {len} bytes announced, the limit is {MAX_FRAME}"
         )));
     }
+    // Grown as bytes arrive, so a peer announcing a large frame and sending
+    // nothing holds no memory.
     let mut buf = Vec::new();
-    buf.try_reserve_exact(len)
-        .map_err(|_| FrameError::Invalid(format!("cannot allocate a {len}-byte frame")))?;
     r.take(len as u64)
         .read_to_end(&mut buf)
         .map_err(FrameError::Io)?;
