@@ -36,6 +36,7 @@ pub mod fuzzing;
 mod index;
 mod journal;
 pub mod key;
+mod l1;
 mod layout;
 mod mmap;
 mod options;

@@ -63,6 +63,8 @@ pub struct StoreOptions {
     pub(crate) owner_timeout: Duration,
     pub(crate) secrets: SecretGuard,
     pub(crate) stale_if_error: Duration,
+    pub(crate) memory_tier: u64,
+    pub(crate) memory_tier_max_staleness: Duration,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -89,6 +91,8 @@ impl Default for StoreOptions {
             owner_timeout: Duration::from_secs(10),
             secrets: SecretGuard::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
+            memory_tier: 0,
+            memory_tier_max_staleness: Duration::from_secs(1),
         }
     }
 }
@@ -196,6 +200,43 @@ impl StoreOptions {
     /// and the fetch error is returned instead.
     pub fn stale_if_error(mut self, grace: Duration) -> Self {
         self.stale_if_error = grace;
+        self
+    }
+
+    /// Keeps up to `bytes` of decoded, recently read payloads in this
+    /// process's memory (default 0: off), so a hot [`crate::Store::get`]
+    /// skips the index, decompression and hashing. Entries leave it least
+    /// recently used first, when their TTL runs out, and when this process
+    /// puts, deletes, touches or clears them. Writes by *other processes*
+    /// sharing the cache are not seen by this tier until an entry has been
+    /// held [`StoreOptions::memory_tier_max_staleness`] (default 1 s).
+    /// Off by default because it trades that cross-process staleness and
+    /// memory for speed: turn it on in a process that reads the same
+    /// entries again and again.
+    ///
+    /// ```
+    /// use blobcache::{PutOptions, Store, StoreOptions};
+    ///
+    /// # fn main() -> blobcache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default().memory_tier(32 << 20))?;
+    /// store.put("tmdb", "movie/603", b"{\"id\":603}", &PutOptions::new())?;
+    /// let first = store.get("tmdb", "movie/603")?; // from the index, now kept in memory
+    /// let again = store.get("tmdb", "movie/603")?; // from memory
+    /// assert_eq!(first, again);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn memory_tier(mut self, bytes: u64) -> Self {
+        self.memory_tier = bytes;
+        self
+    }
+
+    /// How long the memory tier may serve an entry before reloading it
+    /// from the index, which bounds how long a change made by another
+    /// process goes unseen (default 1 s; the entry's TTL applies as well).
+    pub fn memory_tier_max_staleness(mut self, max: Duration) -> Self {
+        self.memory_tier_max_staleness = max;
         self
     }
 
