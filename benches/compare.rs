@@ -527,25 +527,29 @@ fn criterion_home() -> PathBuf {
     }
 }
 
-/// Median time (ns) criterion measured for `group/function` in this run.
-fn criterion_median(group: &str, function: &str) -> Option<f64> {
+/// Median time (ns) criterion measured for `group/function` in this run
+/// (results of earlier runs, for benchmarks filtered out now, are left out).
+fn criterion_median(group: &str, function: &str, since: SystemTime) -> Option<f64> {
     let path = criterion_home()
         .join(group)
         .join(function)
         .join("new/estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["median"]["point_estimate"].as_f64()
 }
 
-fn timing_rows() -> Vec<Row> {
+fn timing_rows(since: SystemTime) -> Vec<Row> {
     let mut rows = Vec::new();
     for p in PAYLOADS {
         for w in ["get_hit", "get_miss", "put_new", "put_dup", "mixed4"] {
             let group = format!("{w}-{}", p.label);
             let mut row = Row::new(group.clone(), "us");
             for s in SYSTEMS {
-                if let Some(ns) = criterion_median(&group, s) {
+                if let Some(ns) = criterion_median(&group, s, since) {
                     row.set(s, ns / 1e3);
                 }
             }
@@ -591,6 +595,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn main() {
+    let started = SystemTime::now();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
@@ -607,7 +612,7 @@ fn main() {
         }
     }
     c.final_summary();
-    let mut rows = timing_rows();
+    let mut rows = timing_rows(started);
     if want("disk") {
         disk(&mut rows);
     }

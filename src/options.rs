@@ -210,9 +210,11 @@ impl StoreOptions {
     /// puts, deletes, touches or clears them. Writes by *other processes*
     /// sharing the cache are not seen by this tier until an entry has been
     /// held [`StoreOptions::memory_tier_max_staleness`] (default 1 s).
-    /// Off by default because it trades that cross-process staleness and
-    /// memory for speed: turn it on in a process that reads the same
-    /// entries again and again.
+    /// A hit served from memory carries the metadata as it was loaded (its
+    /// `hits` and `last_access` do not move while it stays in memory; the
+    /// hit is still counted). Off by default because it trades that
+    /// cross-process staleness and memory for speed: turn it on in a
+    /// process that reads the same entries again and again.
     ///
     /// ```
     /// use blobcache::{PutOptions, Store, StoreOptions};
