@@ -36,7 +36,9 @@ pub(crate) struct MemoryTier {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<Vec<u8>, Slot>,
-    /// Last-use tick → key, oldest first.
+    /// Each entry's `order_tick` → key, oldest first. A hit only moves the
+    /// entry's `tick`; eviction re-files entries used since they were
+    /// filed, so a hit costs no reordering.
     order: BTreeMap<u64, Vec<u8>>,
     tick: u64,
     bytes: usize,
@@ -47,7 +49,10 @@ struct Slot {
     data: Vec<u8>,
     meta: EntryMeta,
     loaded_at: u64,
+    /// Last use.
     tick: u64,
+    /// Where the entry is filed in `order` (at most `tick`).
+    order_tick: u64,
     cost: usize,
 }
 
@@ -79,12 +84,8 @@ impl MemoryTier {
             st.remove(key);
             return None;
         }
-        let old = slot.tick;
         st.tick += 1;
         let tick = st.tick;
-        if let Some(k) = st.order.remove(&old) {
-            st.order.insert(tick, k);
-        }
         let slot = st.entries.get_mut(key)?;
         slot.tick = tick;
         Some((slot.data.clone(), slot.meta.clone()))
@@ -121,12 +122,7 @@ impl MemoryTier {
             return;
         }
         st.remove(key);
-        while st.bytes + cost > self.max_bytes {
-            let Some((_, oldest)) = st.order.pop_first() else {
-                break;
-            };
-            st.remove(&oldest);
-        }
+        while st.bytes + cost > self.max_bytes && st.evict_one() {}
         st.tick += 1;
         let tick = st.tick;
         st.order.insert(tick, key.to_vec());
@@ -136,6 +132,7 @@ impl MemoryTier {
             meta: meta.clone(),
             loaded_at: now,
             tick,
+            order_tick: tick,
             cost,
         };
         st.entries.insert(key.to_vec(), slot);
@@ -169,9 +166,27 @@ impl MemoryTier {
 impl State {
     fn remove(&mut self, key: &[u8]) {
         if let Some(slot) = self.entries.remove(key) {
-            self.order.remove(&slot.tick);
+            self.order.remove(&slot.order_tick);
             self.bytes -= slot.cost;
         }
+    }
+
+    /// Removes the least recently used entry; false when there is none.
+    fn evict_one(&mut self) -> bool {
+        while let Some((filed, key)) = self.order.pop_first() {
+            let Some(slot) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if slot.tick == filed {
+                self.bytes -= slot.cost;
+                self.entries.remove(&key);
+                return true;
+            }
+            // Used since it was filed: file it at its last use.
+            slot.order_tick = slot.tick;
+            self.order.insert(slot.tick, key);
+        }
+        false
     }
 }
 
