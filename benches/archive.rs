@@ -16,19 +16,7 @@ use blobcache::{Category, ExportOptions, ImportOptions, PutOptions, Store, Store
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn du(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            total += m.blocks() * 512;
-        }
-    }
-    total
+    blobcache::testkit::disk_usage(dir).unwrap()
 }
 
 /// 70 % streamed dumps (64 MiB, half random), 15 % incompressible 1 MiB

@@ -5,19 +5,7 @@ use blobcache::testkit::{Rng, json_payload};
 use blobcache::{PutOptions, Store, StoreOptions};
 
 fn du(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            total += m.blocks() * 512;
-        }
-    }
-    total
+    blobcache::testkit::disk_usage(dir).unwrap()
 }
 
 fn main() {

@@ -358,7 +358,7 @@ impl Store {
             hash: *hash,
             at: self.options().clock.now_ms(),
         };
-        if let Err(e) = self.index().apply(&op) {
+        if let Err(e) = self.apply(&op) {
             log::warn!("could not release the stale claim on blob {hash}: {e}");
         }
     }
@@ -502,7 +502,7 @@ impl Sweep<'_> {
                     BlobState::Deleting => self.finish_claim(&hash)?,
                     BlobState::Gone if add_ms(info.since, window) <= self.now() && !self.dry() => {
                         let since = info.since;
-                        self.store.index().apply(&Op::ForgetBlob { hash, since })?;
+                        self.store.apply(&Op::ForgetBlob { hash, since })?;
                     }
                     _ => {}
                 }
@@ -558,7 +558,7 @@ impl Sweep<'_> {
             hash: *hash,
             at: self.now(),
         };
-        if self.store.index().apply(&claim)? != Outcome::Applied(true) {
+        if self.store.apply(&claim)? != Outcome::Applied(true) {
             return Ok(());
         }
         self.finish_claim(hash)
@@ -576,7 +576,7 @@ impl Sweep<'_> {
             hash: *hash,
             at: self.now(),
         };
-        self.store.index().apply(&gone)?;
+        self.store.apply(&gone)?;
         let freed = removed?;
         self.report.blobs_deleted += 1;
         self.report.bytes_freed += freed;
@@ -636,7 +636,7 @@ impl Sweep<'_> {
             .iter()
             .map(|c| (ByteBuf::from(c.key.clone()), c.last_access))
             .collect();
-        if let Outcome::Count(n) = self.store.index().apply(&Op::Evict { keys })? {
+        if let Outcome::Count(n) = self.store.apply(&Op::Evict { keys })? {
             self.report.entries_evicted += n;
         }
         let inline: HashMap<BlobHash, u64> = chunk
@@ -736,7 +736,7 @@ impl Sweep<'_> {
                     stored_size: r.stored_size,
                     disk_bytes: r.disk_bytes,
                 };
-                self.store.index().apply(&op)?;
+                self.store.apply(&op)?;
                 if r.replaced {
                     self.report.blobs_recompressed += 1;
                     self.report.bytes_recompressed += info.stored_size;

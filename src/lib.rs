@@ -37,6 +37,7 @@ mod gc;
 mod index;
 mod journal;
 pub mod key;
+mod l1;
 mod layout;
 mod mmap;
 mod options;

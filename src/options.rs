@@ -68,6 +68,8 @@ pub struct StoreOptions {
     pub(crate) gc_interval: Option<Duration>,
     pub(crate) gc: GcOptions,
     pub(crate) track_access: bool,
+    pub(crate) memory_tier: u64,
+    pub(crate) memory_tier_max_staleness: Duration,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -98,6 +100,8 @@ impl Default for StoreOptions {
             gc_interval: None,
             gc: GcOptions::default(),
             track_access: true,
+            memory_tier: 0,
+            memory_tier_max_staleness: Duration::from_secs(1),
         }
     }
 }
@@ -205,6 +209,45 @@ impl StoreOptions {
     /// and the fetch error is returned instead.
     pub fn stale_if_error(mut self, grace: Duration) -> Self {
         self.stale_if_error = grace;
+        self
+    }
+
+    /// Keeps up to `bytes` of decoded, recently read payloads in this
+    /// process's memory (default 0: off), so a hot [`crate::Store::get`]
+    /// skips the index, decompression and hashing. Entries leave it least
+    /// recently used first, when their TTL runs out, and when this process
+    /// puts, deletes, touches or clears them. Writes by *other processes*
+    /// sharing the cache are not seen by this tier until an entry has been
+    /// held [`StoreOptions::memory_tier_max_staleness`] (default 1 s).
+    /// A hit served from memory carries the metadata as it was loaded (its
+    /// `hits` and `last_access` do not move while it stays in memory; the
+    /// hit is still counted). Off by default because it trades that
+    /// cross-process staleness and memory for speed: turn it on in a
+    /// process that reads the same entries again and again.
+    ///
+    /// ```
+    /// use blobcache::{PutOptions, Store, StoreOptions};
+    ///
+    /// # fn main() -> blobcache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default().memory_tier(32 << 20))?;
+    /// store.put("tmdb", "movie/603", b"{\"id\":603}", &PutOptions::new())?;
+    /// let first = store.get("tmdb", "movie/603")?; // from the index, now kept in memory
+    /// let again = store.get("tmdb", "movie/603")?; // from memory
+    /// assert_eq!(first, again);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn memory_tier(mut self, bytes: u64) -> Self {
+        self.memory_tier = bytes;
+        self
+    }
+
+    /// How long the memory tier may serve an entry before reloading it
+    /// from the index, which bounds how long a change made by another
+    /// process goes unseen (default 1 s; the entry's TTL applies as well).
+    pub fn memory_tier_max_staleness(mut self, max: Duration) -> Self {
+        self.memory_tier_max_staleness = max;
         self
     }
 

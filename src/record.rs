@@ -147,8 +147,20 @@ pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a CBOR value, returning a short description of the failure.
+///
+/// The decoder's 4 KiB scratch space is kept per thread: `from_reader`
+/// would zero a fresh one on every call, which cost about as much as the
+/// decoding itself for a ~200-byte record.
 pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    ciborium::from_reader(bytes).map_err(|e| e.to_string())
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 4096]);
+    }
+    SCRATCH
+        .with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => ciborium::de::from_reader_with_buffer(bytes, &mut scratch),
+            Err(_) => ciborium::from_reader(bytes),
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Header names never stored, whatever the configuration says.

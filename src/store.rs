@@ -12,6 +12,7 @@ use crate::clock::add_ms;
 use crate::error::{Error, Result};
 use crate::index::{Access, CounterValues, IndexConfig, Lookup, Op, Outcome, RecordRow};
 use crate::key::{self, Category};
+use crate::l1::MemoryTier;
 use crate::layout::Layout;
 use crate::options::{Durability, PutOptions, StoreOptions};
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
@@ -79,6 +80,7 @@ pub(crate) struct Inner {
     share: Share,
     flights: crate::fetch::Flights,
     sweeper: crate::gc::Sweeper,
+    l1: Option<MemoryTier>,
 }
 
 /// What a put stored.
@@ -333,6 +335,7 @@ impl Store {
             sync,
         };
         let (share, reset) = Share::open(layout.clone(), cfg, opts.sharing, opts.owner_timeout)?;
+        let l1 = MemoryTier::new(opts.memory_tier, opts.memory_tier_max_staleness);
         let store = Store {
             inner: Arc::new(Inner {
                 layout,
@@ -341,6 +344,7 @@ impl Store {
                 share,
                 flights: Default::default(),
                 sweeper: crate::gc::Sweeper::default(),
+                l1,
             }),
         };
         if reset {
@@ -494,7 +498,7 @@ impl Store {
                 gone_seen,
             };
             crate::gc::hooks::blob_placed(&hash);
-            match self.inner.share.apply(&op)? {
+            match self.apply(&op)? {
                 Outcome::Retry { gone_since, .. } => {
                     reuse_known = false;
                     match gone_since {
@@ -651,6 +655,16 @@ impl Store {
     fn read(&self, backend: &str, signature: &[u8], allow_stale: bool) -> Result<Option<Hit>> {
         let key = key::encode(backend, signature)?;
         let now = self.now();
+        let l1 = self.inner.l1.as_ref().filter(|_| !allow_stale);
+        if let Some((data, meta)) = l1.and_then(|t| t.get(&key, now)) {
+            self.note_hit(&key, now, false);
+            return Ok(Some(Hit {
+                data,
+                meta,
+                stale: false,
+            }));
+        }
+        let generation = l1.map(MemoryTier::generation);
         // A second attempt is needed only when the entry changed between the
         // record look-up and the blob read (a concurrent put or delete).
         for _ in 0..3 {
@@ -671,6 +685,9 @@ impl Store {
                 Ok(data) => {
                     self.note_hit(&key, now, stale);
                     let meta = EntryMeta::from_record(&key, &record);
+                    if let (Some(t), Some(g)) = (l1, generation) {
+                        t.insert(&key, &data, &meta, now, g);
+                    }
                     return Ok(Some(Hit { data, meta, stale }));
                 }
                 Err(e) => {
@@ -760,7 +777,7 @@ impl Store {
             key: ByteBuf::from(key.to_vec()),
             hash: Some(record.hash),
         };
-        if let Err(e) = self.inner.share.apply(&op) {
+        if let Err(e) = self.apply(&op) {
             log::warn!("could not drop entry {}: {e}", key::display(key));
         }
         true
@@ -858,7 +875,7 @@ impl Store {
             key: ByteBuf::from(key),
             hash: None,
         };
-        Ok(self.inner.share.apply(&op)? == Outcome::Applied(true))
+        Ok(self.apply(&op)? == Outcome::Applied(true))
     }
 
     /// Sets the entry to expire `ttl` from now (extending or shortening
@@ -869,7 +886,7 @@ impl Store {
             key: ByteBuf::from(key),
             expires_at: add_ms(self.now(), ttl),
         };
-        Ok(self.inner.share.apply(&op)? == Outcome::Applied(true))
+        Ok(self.apply(&op)? == Outcome::Applied(true))
     }
 
     /// The entries selected, in key order (backend, then signature),
@@ -916,7 +933,7 @@ impl Store {
                 return Ok(removed);
             }
             let keys = page.into_iter().map(|(k, _)| ByteBuf::from(k)).collect();
-            if let Outcome::Count(n) = self.inner.share.apply(&Op::DeleteMany { keys })? {
+            if let Outcome::Count(n) = self.apply(&Op::DeleteMany { keys })? {
                 removed += n;
                 progress(removed);
             }
@@ -934,7 +951,7 @@ impl Store {
                 return Ok(removed);
             }
             let keys = keys.into_iter().map(ByteBuf::from).collect();
-            match self.inner.share.apply(&Op::Expire { keys, before: now })? {
+            match self.apply(&Op::Expire { keys, before: now })? {
                 Outcome::Count(0) => return Ok(removed),
                 Outcome::Count(n) => removed += n,
                 _ => return Ok(removed),
@@ -996,6 +1013,16 @@ impl Store {
     /// ```
     pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
         self.inner.share.verify(self, opts)
+    }
+
+    /// Applies `op` to the index, then drops what it changed from the
+    /// memory tier. Every index change goes through here.
+    pub(crate) fn apply(&self, op: &Op) -> Result<Outcome> {
+        let outcome = self.inner.share.apply(op);
+        if let Some(t) = &self.inner.l1 {
+            t.invalidate(op);
+        }
+        outcome
     }
 
     pub(crate) fn index(&self) -> &Share {

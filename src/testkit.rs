@@ -3,6 +3,7 @@
 //! machine, so results are reproducible and comparable across runs.
 
 use std::io::Read;
+use std::path::Path;
 
 /// Deterministic pseudo-random generator (xorshift64*).
 #[derive(Clone, Debug)]
@@ -147,4 +148,23 @@ impl Read for GenReader {
         self.left -= n as u64;
         Ok(n)
     }
+}
+
+/// Bytes `dir` and everything under it occupy on disk (allocated blocks,
+/// so a small file counts a whole block), without following links.
+pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let m = e.path().symlink_metadata()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            total += m.blocks() * 512;
+        }
+    }
+    Ok(total)
 }

@@ -495,7 +495,7 @@ fn repair(store: &Store, bad: &[(Vec<u8>, Record, bool)]) -> Result<u64> {
             key: ByteBuf::from(k.clone()),
             hash: Some(rec.hash),
         };
-        store.index().apply(&op)?;
+        store.apply(&op)?;
         changed += 1;
     }
     changed += rebuild_counts(store)?;

@@ -482,7 +482,7 @@ impl<'a> Session<'a> {
             policy: self.opts.merge,
         };
         for attempt in 0..ATTEMPTS {
-            match self.store.index().apply(&op)? {
+            match self.store.apply(&op)? {
                 Outcome::Retry { hash, gone_since } => {
                     self.prepare_retry(&mut op, &hash, gone_since, attempt)?
                 }

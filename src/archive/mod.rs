@@ -403,7 +403,7 @@ impl Store {
             if keys.is_empty() {
                 continue;
             }
-            if let Outcome::Count(n) = self.index().apply(&Op::DropUnused { keys, before })? {
+            if let Outcome::Count(n) = self.apply(&Op::DropUnused { keys, before })? {
                 removed += n;
             }
         }
