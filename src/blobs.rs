@@ -322,6 +322,24 @@ impl Blobs {
 
     /// Creates a locked staging file in `tmp/`. The lock tells the cleaner
     /// that its writer is alive; the kernel drops it if the writer dies.
+    /// A new, locked staging file for a blob not yet written.
+    fn stage_blob(&self, hash: BlobHash, codec: Codec, raw_size: u64) -> Result<Staged> {
+        let (tmp, lock) = self.stage()?;
+        Ok(Staged {
+            written: Written {
+                hash,
+                codec,
+                raw_size,
+                stored_size: 0,
+                disk_bytes: 0,
+                existed: false,
+            },
+            tmp,
+            linked: false,
+            _lock: lock,
+        })
+    }
+
     fn stage(&self) -> Result<(PathBuf, File)> {
         let tmp = fsutil::unique_tmp_name(&self.tmp, "blob");
         let f = fsutil::create_new(&tmp).ctx("create staging file", &tmp)?;
@@ -342,20 +360,9 @@ impl Blobs {
         codec: Codec,
         level: i32,
     ) -> std::result::Result<Staged, StreamError> {
-        let (tmp, lock) = self.stage().map_err(StreamError::Store)?;
-        let staged = Staged {
-            written: Written {
-                hash: BlobHash([0; 32]),
-                codec,
-                raw_size: 0,
-                stored_size: 0,
-                disk_bytes: 0,
-                existed: false,
-            },
-            tmp,
-            linked: false,
-            _lock: lock,
-        };
+        let staged = self
+            .stage_blob(BlobHash([0; 32]), codec, 0)
+            .map_err(StreamError::Store)?;
         self.fill_staged(staged, first, src, level)
     }
 
@@ -453,20 +460,9 @@ impl Blobs {
         src: &mut dyn Read,
         want: &StoredBlob,
     ) -> std::result::Result<Written, ImportBlobError> {
-        let (tmp, lock) = self.stage().map_err(ImportBlobError::Store)?;
-        let mut staged = Staged {
-            written: Written {
-                hash: want.hash,
-                codec: want.codec,
-                raw_size: want.raw_size,
-                stored_size: 0,
-                disk_bytes: 0,
-                existed: false,
-            },
-            tmp,
-            linked: false,
-            _lock: lock,
-        };
+        let mut staged = self
+            .stage_blob(want.hash, want.codec, want.raw_size)
+            .map_err(ImportBlobError::Store)?;
         let tmp = staged.tmp.clone();
         let file = staged
             ._lock
