@@ -43,7 +43,7 @@ use crate::clock::add_ms;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::{Op, Outcome};
-use crate::record::{BlobState, Codec};
+use crate::record::{BlobInfo, BlobState, Codec};
 use crate::store::{Store, WeakStore};
 
 /// Name of the sweeper's lock file in `locks/`.
@@ -476,19 +476,31 @@ impl Sweep<'_> {
         Ok(())
     }
 
+    /// The next page of the index's blob table after `after` (which it
+    /// advances), or `None` at the end or once the sweep is stopped.
+    fn blob_page(
+        &mut self,
+        after: &mut Option<BlobHash>,
+    ) -> Result<Option<Vec<(BlobHash, BlobInfo)>>> {
+        if self.stopped() {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .index()
+            .scan_blobs(after.as_ref(), self.batch())?;
+        let Some((last, _)) = page.last() else {
+            return Ok(None);
+        };
+        *after = Some(*last);
+        Ok(Some(page))
+    }
+
     fn orphans(&mut self) -> Result<()> {
         let window = self.opts.safety_window;
         let mut after = None;
         let mut seen = 0;
-        while !self.stopped() {
-            let page = self
-                .store
-                .index()
-                .scan_blobs(after.as_ref(), self.batch())?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
+        while let Some(page) = self.blob_page(&mut after)? {
             seen += page.len() as u64;
             for (hash, info) in page {
                 match info.state {
@@ -701,15 +713,7 @@ impl Sweep<'_> {
             .now()
             .saturating_sub(ms(self.opts.recompress_older_than));
         let mut after = None;
-        while !self.stopped() {
-            let page = self
-                .store
-                .index()
-                .scan_blobs(after.as_ref(), self.batch())?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
+        while let Some(page) = self.blob_page(&mut after)? {
             for (hash, info) in page {
                 let due = info.state == BlobState::Live
                     && !info.inline
