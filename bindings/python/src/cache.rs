@@ -163,6 +163,19 @@ impl Cache {
         guard.clone().ok_or_else(closed)
     }
 
+    /// Runs `f` with the GIL released on the open store and the
+    /// signature's bytes.
+    fn on_key<T: Send>(
+        &self,
+        py: Python<'_>,
+        signature: &Bound<'_, PyAny>,
+        f: impl FnOnce(&Store, &[u8]) -> blobcache::Result<T> + Send,
+    ) -> PyResult<T> {
+        let sig = signature_arg(signature)?;
+        let store = self.store(py)?;
+        py.detach(|| f(&store, &sig)).py_err(py)
+    }
+
     fn now_ms() -> u64 {
         system_time_ms(std::time::SystemTime::now())
     }
@@ -293,9 +306,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        let hit = py.detach(|| store.get(&backend, &sig)).py_err(py)?;
+        let hit = self.on_key(py, signature, |s, sig| s.get(&backend, sig))?;
         Ok(hit.map(|h| PyBytes::new(py, &h.data)))
     }
 
@@ -307,9 +318,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        let Some(hit) = py.detach(|| store.get(&backend, &sig)).py_err(py)? else {
+        let Some(hit) = self.on_key(py, signature, |s, sig| s.get(&backend, sig))? else {
             return Ok(None);
         };
         let headers = headers_dict(py, &hit.meta.headers)?;
@@ -336,9 +345,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'py, PyAny>,
     ) -> PyResult<Option<StaleHit<'py>>> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        let Some(hit) = py.detach(|| store.get_stale(&backend, &sig)).py_err(py)? else {
+        let Some(hit) = self.on_key(py, signature, |s, sig| s.get_stale(&backend, sig))? else {
             return Ok(None);
         };
         let meta = meta_dict(py, &hit.meta, Self::now_ms())?;
@@ -352,9 +359,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        let m = py.detach(|| store.meta(&backend, &sig)).py_err(py)?;
+        let m = self.on_key(py, signature, |s, sig| s.meta(&backend, sig))?;
         m.map(|m| meta_dict(py, &m, Self::now_ms())).transpose()
     }
 
@@ -365,9 +370,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        py.detach(|| store.contains(&backend, &sig)).py_err(py)
+        self.on_key(py, signature, |s, sig| s.contains(&backend, sig))
     }
 
     /// ``(backend, signature) in cache``.
@@ -388,9 +391,7 @@ impl Cache {
         backend: String,
         signature: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        py.detach(|| store.delete(&backend, &sig)).py_err(py)
+        self.on_key(py, signature, |s, sig| s.delete(&backend, sig))
     }
 
     /// Makes the entry expire ``ttl_seconds`` from now; True if it existed.
@@ -401,10 +402,8 @@ impl Cache {
         signature: &Bound<'_, PyAny>,
         ttl_seconds: f64,
     ) -> PyResult<bool> {
-        let sig = signature_arg(signature)?;
         let ttl = seconds(ttl_seconds, "ttl_seconds")?;
-        let store = self.store(py)?;
-        py.detach(|| store.touch(&backend, &sig, ttl)).py_err(py)
+        self.on_key(py, signature, |s, sig| s.touch(&backend, sig, ttl))
     }
 
     /// Removes every entry, a backend's, or those of a backend whose
@@ -654,14 +653,10 @@ impl Cache {
         signature: &Bound<'_, PyAny>,
         allow_stale: bool,
     ) -> PyResult<Option<NativeReader>> {
-        let sig = signature_arg(signature)?;
-        let store = self.store(py)?;
-        let opened = py
-            .detach(|| match allow_stale {
-                true => store.get_reader_stale(&backend, &sig),
-                false => store.get_reader(&backend, &sig),
-            })
-            .py_err(py)?;
+        let opened = self.on_key(py, signature, |s, sig| match allow_stale {
+            true => s.get_reader_stale(&backend, sig),
+            false => s.get_reader(&backend, sig),
+        })?;
         let Some(reader) = opened else {
             return Ok(None);
         };
