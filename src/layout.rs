@@ -29,6 +29,7 @@ pub(crate) const OWN_NAMES: &[&str] = &[
     "tmp",
     "locks",
     "owner.sock",
+    "packs",
 ];
 
 /// Paths of one cache directory.

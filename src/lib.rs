@@ -41,6 +41,10 @@ mod l1;
 mod layout;
 mod mmap;
 mod options;
+/// Storage core v2 (in progress): pack files and the lean record; not
+/// used by [`Store`] yet.
+#[doc(hidden)]
+pub mod pack;
 mod record;
 mod secrets;
 mod share;
