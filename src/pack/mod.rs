@@ -248,7 +248,7 @@ fn file_error(path: &Path, e: io::Error) -> PackError {
 }
 
 /// The 16-byte header a pack file starts with.
-fn file_header(id: u32) -> [u8; FILE_HEADER_LEN as usize] {
+pub fn file_header(id: u32) -> [u8; FILE_HEADER_LEN as usize] {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     h[..8].copy_from_slice(&FILE_MAGIC);
     h[8..12].copy_from_slice(&id.to_le_bytes());
