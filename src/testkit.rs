@@ -186,3 +186,6 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
     }
     Ok(total)
 }
+
+mod responses;
+pub use responses::{ApiResponse, ResponseKind, api_key, api_response};
