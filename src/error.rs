@@ -280,6 +280,17 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The remote tier (Redis) is misconfigured, refused the credentials,
+    /// or failed while its errors are fatal
+    /// ([`crate::RemoteOptions::fatal_errors`]).
+    #[error("remote cache {url}: {reason}")]
+    Remote {
+        /// The remote's URL, password masked.
+        url: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     /// Another garbage-collection sweep holds `locks/gc.lock`.
     #[error(
         "a GC sweep is already running on cache {} (locks/gc.lock is held); \

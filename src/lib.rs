@@ -46,6 +46,7 @@ mod options;
 #[doc(hidden)]
 pub mod pack;
 mod record;
+mod remote;
 mod secrets;
 mod share;
 mod store;
@@ -69,6 +70,7 @@ pub use layout::FORMAT_VERSION;
 pub use options::{
     DEFAULT_INLINE_THRESHOLD, DEFAULT_STALE_IF_ERROR, Durability, PutOptions, Sharing, StoreOptions,
 };
+pub use remote::{DEFAULT_REMOTE_PREFIX, RemoteOptions, RemoteState, RemoteStats};
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };

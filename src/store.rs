@@ -81,6 +81,7 @@ pub(crate) struct Inner {
     flights: crate::fetch::Flights,
     sweeper: crate::gc::Sweeper,
     l1: Option<MemoryTier>,
+    remote: crate::remote::Remote,
 }
 
 /// What a put stored.
@@ -267,6 +268,9 @@ pub struct Stats {
     pub index_resets: u64,
     /// Per-backend counts, sorted by name.
     pub backends: Vec<BackendStats>,
+    /// The remote tier's state and figures (counted by this process since
+    /// it opened the store), when one is configured.
+    pub remote: Option<crate::remote::RemoteStats>,
 }
 
 impl Stats {
@@ -334,6 +338,7 @@ impl Store {
             flush_interval: opts.flush_interval,
             sync,
         };
+        let remote = crate::remote::Remote::open(opts.remote.as_ref(), &opts)?;
         let (share, reset) = Share::open(layout.clone(), cfg, opts.sharing, opts.owner_timeout)?;
         let l1 = MemoryTier::new(opts.memory_tier, opts.memory_tier_max_staleness);
         let store = Store {
@@ -345,6 +350,7 @@ impl Store {
                 flights: Default::default(),
                 sweeper: crate::gc::Sweeper::default(),
                 l1,
+                remote,
             }),
         };
         if reset {
@@ -429,7 +435,30 @@ impl Store {
             encoded: None,
         };
         let (hash, raw_size) = (BlobHash::of(payload), payload.len() as u64);
-        self.commit_put(key, source, hash, raw_size, opts)
+        let report = self.commit_put(key, source, hash, raw_size, opts)?;
+        let remote = &self.inner.remote;
+        remote.after_put(self, key, Some(payload), &report, opts)?;
+        Ok(report)
+    }
+
+    /// Stores an entry read from the remote tier, already verified against
+    /// `hash`, with its stored bytes as they came (not sent back there).
+    pub(crate) fn put_remote_hit(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        codec: Codec,
+        stored: Vec<u8>,
+        hash: BlobHash,
+        opts: &PutOptions,
+    ) -> Result<PutReport> {
+        let (backend, signature) = key::decode(key).unwrap_or_default();
+        self.guard_put(&backend, &signature, key, Some(payload), opts)?;
+        let source = Source::Bytes {
+            payload,
+            encoded: Some((codec, stored)),
+        };
+        self.commit_put(key, source, hash, payload.len() as u64, opts)
     }
 
     /// Stores a payload read from `src`, in bounded memory: payloads over a
@@ -469,7 +498,10 @@ impl Store {
                 StreamError::Store(e) => e,
             })?;
         let (hash, raw) = (staged.written.hash, staged.written.raw_size);
-        self.commit_put(&key, Source::Staged(staged), hash, raw, opts)
+        let report = self.commit_put(&key, Source::Staged(staged), hash, raw, opts)?;
+        let remote = &self.inner.remote;
+        remote.after_put(self, &key, None, &report, opts)?;
+        Ok(report)
     }
 
     /// Gets the blob into place and inserts the record, retrying while the
@@ -719,7 +751,11 @@ impl Store {
         now: u64,
         allow_stale: bool,
     ) -> Result<Option<(Lookup, bool)>> {
-        let found = self.inner.share.lookup(key)?;
+        let mut found = self.inner.share.lookup(key)?;
+        let expired = |l: &Lookup| now >= l.record.expires_at;
+        if found.as_ref().is_none_or(expired) && self.inner.remote.fill(self, key, now)? {
+            found = self.inner.share.lookup(key)?;
+        }
         let Some(lookup) = found else {
             self.count(|c| c.misses = 1);
             return Ok(None);
@@ -871,6 +907,7 @@ impl Store {
     /// other entry uses it (files are reclaimed by GC).
     pub fn delete(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
         let key = key::encode(backend, signature.as_ref())?;
+        self.inner.remote.after_delete(&key, true)?;
         let op = Op::Delete {
             key: ByteBuf::from(key),
             hash: None,
@@ -926,6 +963,7 @@ impl Store {
         mut progress: impl FnMut(u64),
     ) -> Result<u64> {
         let prefix = selector.key_prefix()?;
+        self.inner.remote.after_delete(&prefix, false)?;
         let mut removed = 0;
         loop {
             let page = self.inner.share.scan(&prefix, None, PAGE)?;
@@ -989,12 +1027,16 @@ impl Store {
             corrupt: c.corrupt,
             index_resets: c.index_resets,
             backends,
+            remote: self.inner.remote.stats(),
         })
     }
 
     /// Makes everything written so far durable in the index now (it
-    /// otherwise happens every flush interval and on close).
+    /// otherwise happens every flush interval and on close). With a remote
+    /// tier writing in the background, first waits (a few seconds at most)
+    /// until the queued writes are sent.
     pub fn flush(&self) -> Result<()> {
+        self.inner.remote.drain();
         self.inner.share.checkpoint()
     }
 
