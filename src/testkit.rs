@@ -189,6 +189,7 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
 
 mod responses;
 pub use responses::{ApiResponse, ResponseKind, api_key, api_response};
+
 /// A throwaway `redis-server` for tests and benchmarks: it listens only on
 /// a Unix socket in the directory given (no TCP port), keeps nothing on
 /// disk (`save ""`, no append-only file), and is killed when dropped.
