@@ -47,6 +47,7 @@ mod options;
 pub mod pack;
 mod record;
 mod remote;
+mod reserve;
 mod secrets;
 mod share;
 mod store;
