@@ -99,24 +99,6 @@ pub fn json_payload(seed: u64, size: usize) -> Vec<u8> {
     b
 }
 
-/// Size of the `seed`-th payload of a realistic API-response mix:
-/// 92 % single records of 300 B–1.3 KiB, 6 % list pages of 2–6 KiB, 2 %
-/// search pages of 6–20 KiB (mean about 1.2 KiB, never one fixed size).
-pub fn api_payload_size(seed: u64) -> usize {
-    let mut rng = Rng::new(seed ^ 0x5151_0000);
-    let (lo, hi) = match rng.below(100) {
-        0..92 => (300, 1_300),
-        92..98 => (2_048, 6_144),
-        _ => (6_144, 20_480),
-    };
-    (lo + rng.below(hi - lo)) as usize
-}
-
-/// The `seed`-th payload of that mix: JSON of [`api_payload_size`] bytes.
-pub fn api_payload(seed: u64) -> Vec<u8> {
-    json_payload(seed, api_payload_size(seed))
-}
-
 /// A reader producing `len` deterministic, moderately compressible bytes
 /// (64 KiB blocks, half random, half a repeated phrase) without holding
 /// them in memory: a stand-in for a multi-GB dataset dump.

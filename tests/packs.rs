@@ -13,13 +13,13 @@ use blobcache::pack::{
     self, Location, PackDir, PackError, PackReader, PackWriter, PackWriterOptions, ReadMode,
     recover, scan_file,
 };
-use blobcache::testkit::api_payload;
+use blobcache::testkit::api_response;
 use blobcache::{BlobHash, Durability, Error};
 use common::*;
 
 const MODES: [ReadMode; 2] = [ReadMode::Pread, ReadMode::Mmap];
 
-/// Payload `i` of the tests: the realistic size mix, plus an empty one,
+/// Payload `i` of the tests: the realistic API-response mix, plus an empty one,
 /// an incompressible one and a 300 KiB one.
 fn payload(i: u64) -> Vec<u8> {
     match i % 50 {
@@ -30,7 +30,7 @@ fn payload(i: u64) -> Vec<u8> {
             b
         }
         29 => json_payload(i, 300 * 1024),
-        _ => api_payload(i),
+        _ => api_response(1, i).body,
     }
 }
 
