@@ -540,6 +540,7 @@ fn stats_reports_totals_ratios_and_backends() {
             "puts",
             "corrupt_dropped",
             "index_resets",
+            "remote",
             "backends",
         ],
     );
@@ -609,7 +610,7 @@ fn health_and_verify_find_and_repair_a_damaged_blob() {
     assert_fields(
         &v,
         &[
-            "dir", "exists", "healthy", "entries", "problems", "warnings",
+            "dir", "exists", "healthy", "entries", "problems", "warnings", "remote",
         ],
     );
     assert_eq!(v["healthy"], true);
