@@ -686,8 +686,12 @@ impl<'a> Tx<'a> {
                 let mut n = 0;
                 for k in keys {
                     if let Some(Ok(rec)) = self.record(k)?
-                        && !rec.pinned
-                        && rec.last_access.max(rec.created_at) < *before
+                        && crate::record::unused_before(
+                            rec.pinned,
+                            rec.last_access,
+                            rec.created_at,
+                            *before,
+                        )
                     {
                         n += u64::from(self.delete(k, None)?);
                     }
