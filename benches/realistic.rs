@@ -13,7 +13,12 @@
 //!   index costs: the floor for blobcache's index, no payload at all);
 //! - `sled-zstd`: raw sled storing the zstd-3 compressed payload (get
 //!   decompresses; no hashing, no metadata, no journal);
-//! - `blobcache`: this crate, in-process owner, default options (L1 off).
+//! - `blobcache`: this crate, in-process owner, default options (L1 off);
+//! - `engine-v2`: storage core v2 (`blobcache::engine`, not yet behind
+//!   `Store`), default options: needles in packs read with `pread`, lean
+//!   80-byte records in sled, header sets stored once;
+//! - `engine-v2-mmap`: the same, reading through a map of each pack
+//!   (first-touch page faults included: gets start on a fresh open).
 //!
 //! Workload (`testkit::api_response`): TMDB/AniList/Audnexus-shaped JSON
 //! responses of varied sizes (about 90 % records of 430 B-1.3 KB, 9 % list
@@ -36,9 +41,12 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use blobcache::engine::{Engine, EngineOptions, HeaderSet, PutMeta};
+use blobcache::pack::ReadMode;
 use blobcache::testkit::{ApiResponse, ResponseKind, Rng, api_key, api_response, disk_usage};
 use blobcache::{PutOptions, Store, StoreOptions};
 
@@ -59,13 +67,15 @@ trait System: Send + Sync {
     fn handle(&self) -> Box<dyn Handle>;
 }
 
-const SYSTEMS: [&str; 6] = [
+const SYSTEMS: [&str; 8] = [
     "sqlite-rowid",
     "sqlite-norowid",
     "cacache",
     "sled-lean",
     "sled-zstd",
     "blobcache",
+    "engine-v2",
+    "engine-v2-mmap",
 ];
 
 fn open_system(name: &str, dir: &Path) -> Box<dyn System> {
@@ -79,6 +89,8 @@ fn open_system(name: &str, dir: &Path) -> Box<dyn System> {
             Store::open(dir, StoreOptions::default()).unwrap(),
             PutOptions::new(),
         )),
+        "engine-v2" => EngineV2::open(dir, ReadMode::Pread),
+        "engine-v2-mmap" => EngineV2::open(dir, ReadMode::Mmap),
         other => panic!("unknown system {other}"),
     }
 }
@@ -188,6 +200,41 @@ impl System for Blobcache {
 }
 
 impl Handle for Blobcache {
+    fn put(&mut self, backend: &str, sig: &str, body: &[u8]) {
+        self.0.put(backend, sig, body, &self.1).unwrap();
+    }
+    fn get(&mut self, backend: &str, sig: &str) -> Option<Vec<u8>> {
+        self.0.get(backend, sig).unwrap().map(|hit| hit.data)
+    }
+}
+
+// ---- storage core v2 ----------------------------------------------------------
+
+#[derive(Clone)]
+struct EngineV2(Arc<Engine>, PutMeta);
+
+impl EngineV2 {
+    fn open(dir: &Path, mode: ReadMode) -> Box<dyn System> {
+        let engine = Engine::open(dir, EngineOptions::new().read_mode(mode)).unwrap();
+        let meta = PutMeta {
+            ttl: Some(Duration::from_millis(TTL_MS as u64)),
+            headers: HeaderSet {
+                content_type: Some("application/json".into()),
+                ..HeaderSet::default()
+            },
+            ..PutMeta::default()
+        };
+        Box::new(EngineV2(Arc::new(engine), meta))
+    }
+}
+
+impl System for EngineV2 {
+    fn handle(&self) -> Box<dyn Handle> {
+        Box::new(self.clone())
+    }
+}
+
+impl Handle for EngineV2 {
     fn put(&mut self, backend: &str, sig: &str, body: &[u8]) {
         self.0.put(backend, sig, body, &self.1).unwrap();
     }

@@ -132,6 +132,15 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
     (out.len() < raw.len()).then_some(out)
 }
 
+/// Picks raw storage for a stream whose first 128 KiB do not compress.
+pub(crate) fn choose_stream_codec(first: &[u8], level: i32) -> Codec {
+    let sample = &first[..first.len().min(CHUNK)];
+    match compress(sample, level) {
+        Some(z) if z.len() < sample.len() - sample.len() / 32 => Codec::Zstd,
+        _ => Codec::Raw,
+    }
+}
+
 /// Decodes stored bytes and checks them against `hash` and `raw_size`.
 pub(crate) fn decode(
     stored: &[u8],

@@ -28,6 +28,10 @@
 mod archive;
 mod blobs;
 mod clock;
+/// Storage core v2 (in progress): the engine over packs, blob files and a
+/// lean index; not used by [`Store`] yet.
+#[doc(hidden)]
+pub mod engine;
 mod error;
 mod fetch;
 mod fsutil;

@@ -506,7 +506,7 @@ impl Store {
         if first.len() < STREAM_MIN {
             return self.put_bytes(&key, &first, opts);
         }
-        let codec = choose_stream_codec(&first, self.inner.opts.compression_level);
+        let codec = blobs::choose_stream_codec(&first, self.inner.opts.compression_level);
         let staged = self
             .inner
             .blobs
@@ -1279,14 +1279,5 @@ fn source_error(key: &[u8], e: std::io::Error) -> Error {
     Error::Source {
         key: key::display(key),
         source: e,
-    }
-}
-
-/// Picks raw storage for a stream whose first 128 KiB do not compress.
-fn choose_stream_codec(first: &[u8], level: i32) -> Codec {
-    let sample = &first[..first.len().min(blobs::CHUNK)];
-    match blobs::compress(sample, level) {
-        Some(z) if z.len() < sample.len() - sample.len() / 32 => Codec::Zstd,
-        _ => Codec::Raw,
     }
 }

@@ -99,6 +99,25 @@ pub fn json_payload(seed: u64, size: usize) -> Vec<u8> {
     b
 }
 
+/// Payload `i` of the storage tests: the realistic API-response mix of
+/// [`api_response`], plus the edge cases every tier must carry: an empty
+/// payload (`i % 60 == 7`), 3,000 incompressible bytes (13), 200 KiB of
+/// JSON (29, a pack needle) and 700 KiB of JSON (41, a blob file in the
+/// engine).
+pub fn storage_payload(i: u64) -> Vec<u8> {
+    match i % 60 {
+        7 => Vec::new(),
+        13 => {
+            let mut b = vec![0u8; 3000];
+            Rng::new(i).fill(&mut b);
+            b
+        }
+        29 => json_payload(i, 200 * 1024),
+        41 => json_payload(i, 700 * 1024),
+        _ => api_response(1, i).body,
+    }
+}
+
 /// A reader producing `len` deterministic, moderately compressible bytes
 /// (64 KiB blocks, half random, half a repeated phrase) without holding
 /// them in memory: a stand-in for a multi-GB dataset dump.

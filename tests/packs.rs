@@ -13,26 +13,11 @@ use blobcache::pack::{
     self, Location, PackDir, PackError, PackReader, PackWriter, PackWriterOptions, ReadMode,
     recover, scan_file,
 };
-use blobcache::testkit::api_response;
+use blobcache::testkit::storage_payload as payload;
 use blobcache::{BlobHash, Durability, Error};
 use common::*;
 
 const MODES: [ReadMode; 2] = [ReadMode::Pread, ReadMode::Mmap];
-
-/// Payload `i` of the tests: the realistic API-response mix, plus an empty one,
-/// an incompressible one and a 300 KiB one.
-fn payload(i: u64) -> Vec<u8> {
-    match i % 50 {
-        7 => Vec::new(),
-        13 => {
-            let mut b = vec![0u8; 3000];
-            Rng::new(i).fill(&mut b);
-            b
-        }
-        29 => json_payload(i, 300 * 1024),
-        _ => api_response(1, i).body,
-    }
-}
 
 fn key(i: u64) -> Vec<u8> {
     format!("tmdb/movie/{i}").into_bytes()

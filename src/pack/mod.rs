@@ -32,10 +32,13 @@ pub mod record;
 pub mod scan;
 pub mod writer;
 
-pub use needle::{HEADER_LEN, MAX_RAW, NeedleCodec};
+pub use needle::{HEADER_LEN, MAX_RAW, NeedleCodec, Prepared};
 pub use reader::{Needle, PackReader, ReadMode};
 pub use record::{LEAN_LEN, LeanRecord, Place};
-pub use scan::{Damaged, Recovered, ScanReport, ScannedNeedle, recover, scan_bytes, scan_file};
+pub use scan::{
+    Damaged, Recovered, ScanReport, ScannedNeedle, recover, recover_from, scan_bytes, scan_file,
+    scan_file_from,
+};
 pub use writer::{Appended, PackWriter, PackWriterOptions};
 
 /// Bytes of a pack file's header: `BCPACK\0\x01`, the pack id (u32 LE),

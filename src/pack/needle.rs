@@ -286,6 +286,64 @@ pub fn encode(parts: &NeedleParts<'_>, out: &mut Vec<u8>) -> Result<(), String> 
     Ok(())
 }
 
+/// A payload ready to be framed: hashed, and compressed when that shrinks
+/// it.
+#[derive(Clone, Debug)]
+pub struct Prepared<'a> {
+    /// blake3 of the raw payload.
+    pub hash: BlobHash,
+    /// Decoded length.
+    pub raw_len: u32,
+    /// How `stored` encodes it.
+    pub codec: NeedleCodec,
+    /// The bytes the needle will hold.
+    pub stored: std::borrow::Cow<'a, [u8]>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Hashes `raw` and compresses it at `level` (kept raw when `None` or
+    /// when zstd does not shrink it). Fails on payloads past [`MAX_RAW`].
+    pub fn new(raw: &'a [u8], level: Option<i32>) -> Result<Prepared<'a>, String> {
+        let raw_len = u32::try_from(raw.len())
+            .ok()
+            .filter(|n| *n <= MAX_RAW)
+            .ok_or_else(|| {
+                format!(
+                    "payload of {} bytes exceeds the needle limit {MAX_RAW}",
+                    raw.len()
+                )
+            })?;
+        let (codec, stored) = match level.and_then(|l| blobs::compress(raw, l)) {
+            Some(z) => (NeedleCodec::Zstd, std::borrow::Cow::Owned(z)),
+            None => (NeedleCodec::Raw, std::borrow::Cow::Borrowed(raw)),
+        };
+        Ok(Prepared {
+            hash: BlobHash::of(raw),
+            raw_len,
+            codec,
+            stored,
+        })
+    }
+
+    /// The parts of a needle holding this payload with `key` and `record`.
+    pub fn parts<'b>(&'b self, key: &'b [u8], record: &'b [u8]) -> NeedleParts<'b> {
+        NeedleParts {
+            hash: self.hash,
+            codec: self.codec,
+            dict: 0,
+            raw_len: self.raw_len,
+            key,
+            record,
+            stored: &self.stored,
+        }
+    }
+
+    /// Bytes of the framed needle with a key and record of these lengths.
+    pub fn needle_len(&self, key_len: usize, record_len: usize) -> usize {
+        HEADER_LEN + key_len + record_len + self.stored.len()
+    }
+}
+
 /// Compresses `raw` at `level` (raw when `None` or when zstd does not
 /// shrink it) and frames it with `key` and `record` into `out`.
 pub fn encode_payload(
@@ -295,30 +353,8 @@ pub fn encode_payload(
     record: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<NeedleHeader, String> {
-    let raw_len = u32::try_from(raw.len())
-        .ok()
-        .filter(|n| *n <= MAX_RAW)
-        .ok_or_else(|| {
-            format!(
-                "payload of {} bytes exceeds the needle limit {MAX_RAW}",
-                raw.len()
-            )
-        })?;
-    let zstd = level.and_then(|l| blobs::compress(raw, l));
-    let (codec, stored) = match &zstd {
-        Some(z) => (NeedleCodec::Zstd, z.as_slice()),
-        None => (NeedleCodec::Raw, raw),
-    };
-    let parts = NeedleParts {
-        hash: BlobHash::of(raw),
-        codec,
-        dict: 0,
-        raw_len,
-        key,
-        record,
-        stored,
-    };
-    encode(&parts, out)?;
+    let prepared = Prepared::new(raw, level)?;
+    encode(&prepared.parts(key, record), out)?;
     NeedleHeader::parse(out)
 }
 

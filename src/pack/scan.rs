@@ -137,7 +137,7 @@ impl<'a, S: Source + ?Sized> Window<'a, S> {
 
 /// Scans a pack held in memory (the fuzz target's entry point).
 pub fn scan_bytes(pack: u32, bytes: &[u8], verify_payloads: bool) -> ScanReport {
-    match scan_source(pack, bytes, verify_payloads) {
+    match scan_source(pack, bytes, verify_payloads, 0) {
         Ok(r) => r,
         // Reading from a slice only fails past its end, which the window
         // never asks for; report the whole slice as damaged if it did.
@@ -158,17 +158,38 @@ pub fn scan_bytes(pack: u32, bytes: &[u8], verify_payloads: bool) -> ScanReport 
 /// Scans an open pack file. With `verify_payloads`, each needle's payload
 /// is also decoded and hash-checked (a needle that fails is damage).
 pub fn scan_file(pack: u32, file: &File, verify_payloads: bool) -> io::Result<ScanReport> {
-    let len = file.metadata()?.len();
-    scan_source(pack, &FileSource { file, len }, verify_payloads)
+    scan_file_from(pack, file, 0, verify_payloads)
 }
 
-fn scan_source<S: Source + ?Sized>(pack: u32, src: &S, verify: bool) -> io::Result<ScanReport> {
+/// Scans an open pack file from offset `from` on (a needle boundary, e.g.
+/// how far an index has applied the pack); `damaged`, `needles` and
+/// `valid_tail` then describe only the bytes from there.
+pub fn scan_file_from(
+    pack: u32,
+    file: &File,
+    from: u64,
+    verify_payloads: bool,
+) -> io::Result<ScanReport> {
+    let len = file.metadata()?.len();
+    scan_source(pack, &FileSource { file, len }, verify_payloads, from)
+}
+
+fn scan_source<S: Source + ?Sized>(
+    pack: u32,
+    src: &S,
+    verify: bool,
+    from: u64,
+) -> io::Result<ScanReport> {
     let mut w = Window::new(src);
     let header_ok = match w.get(0, FILE_HEADER_LEN as usize)? {
         Some(h) => check_file_header(h, pack).is_ok(),
         None => false,
     };
-    let start = if header_ok { FILE_HEADER_LEN } else { 0 };
+    let start = if header_ok {
+        FILE_HEADER_LEN.max(from)
+    } else {
+        0
+    };
     let mut report = ScanReport {
         pack,
         header_ok,
@@ -285,12 +306,18 @@ pub struct Recovered {
 /// no acknowledged append can have produced) and removes a file that
 /// never got its header. Damage between valid needles is left for GC.
 pub fn recover(dir: &PackDir, id: u32) -> Result<Option<Recovered>, PackError> {
+    recover_from(dir, id, 0)
+}
+
+/// [`recover`] scanning only from offset `from` on (a needle boundary
+/// before which the pack is known to be sound).
+pub fn recover_from(dir: &PackDir, id: u32, from: u64) -> Result<Option<Recovered>, PackError> {
     let Some(_lock) = dir.try_lock(id)? else {
         return Ok(None);
     };
     let file = dir.open_pack(id, true)?;
     let path = dir.path(id);
-    let report = scan_file(id, &file, false).map_err(|e| Error::io("scan", &path, e))?;
+    let report = scan_file_from(id, &file, from, false).map_err(|e| Error::io("scan", &path, e))?;
     if !report.header_ok && report.needles.is_empty() {
         // Either a file whose writer died before writing its header, or
         // something that is not a pack: only the former is removed.

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::needle::{self, NeedleHeader};
+use super::needle::{self, NeedleHeader, Prepared};
 use super::{FILE_HEADER_LEN, Location, PackDir, PackError, file_header};
 use crate::blobs::BlobHash;
 use crate::error::Error;
@@ -125,6 +125,47 @@ impl PackWriter {
             .and_then(|header| self.write_needle(&buf, header));
         self.buf = buf;
         res
+    }
+
+    /// Appends `payload` (already prepared) with `key` and a record that
+    /// depends on where the needle lands: `record(location)` must return
+    /// exactly `record_len` bytes. This lets a needle carry the very index
+    /// record that will point at it (the pack is the write-ahead log).
+    pub fn append_located(
+        &mut self,
+        payload: &Prepared<'_>,
+        key: &[u8],
+        record_len: usize,
+        record: impl FnOnce(Location) -> Result<Vec<u8>, String>,
+    ) -> Result<Appended, PackError> {
+        let len = u32::try_from(payload.needle_len(key.len(), record_len))
+            .map_err(|_| PackError::Invalid("needle too large".into()))?;
+        let active = self.room_for(u64::from(len))?;
+        let location = Location {
+            pack: active.id,
+            offset: active.len,
+            len,
+        };
+        let rec = record(location).map_err(PackError::Invalid)?;
+        if rec.len() != record_len {
+            return Err(PackError::Invalid(format!(
+                "record of {} bytes where {record_len} were announced",
+                rec.len()
+            )));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = needle::encode(&payload.parts(key, &rec), &mut buf)
+            .and_then(|()| NeedleHeader::parse(&buf))
+            .map_err(PackError::Invalid)
+            .and_then(|header| self.write_needle(&buf, header));
+        self.buf = buf;
+        let appended = res?;
+        if appended.location != location {
+            return Err(PackError::Invalid(
+                "the needle moved while being framed".into(),
+            ));
+        }
+        Ok(appended)
     }
 
     /// Appends an already framed needle (compaction copies them as they
