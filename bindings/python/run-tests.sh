@@ -28,7 +28,11 @@ pip=("$py" -m pip -q --disable-pip-version-check)
 # The wheel, built by maturin straight into the workspace's target/ (what
 # `pip install ./bindings/python` does, without a release build).
 rm -rf "$work/wheels"
-"$py" -m maturin build -q --profile "$profile" -m "$here/Cargo.toml" -o "$work/wheels"
+if ! log=$("$py" -m maturin build -q --profile "$profile" -m "$here/Cargo.toml" \
+    -o "$work/wheels" 2>&1); then
+    echo "$log" >&2
+    exit 1
+fi
 "${pip[@]}" install --force-reinstall --no-deps "$work/wheels"/blobcache-*.whl
 
 # The CLI binary the process tests drive.
