@@ -5,7 +5,10 @@
 #
 #   bindings/python/run-tests.sh            (from anywhere in the checkout)
 #
-# VENV (default target/python-venv) and PYTHON (default python3) can be set.
+# VENV (default target/python-venv), PYTHON (default python3) and
+# WHEEL_PROFILE (the cargo profile of the test wheel: default dev, whose
+# optimised dependencies the Rust suite has already built; release for
+# benchmarks) can be set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -13,12 +16,24 @@ venv="${VENV:-$root/target/python-venv}"
 work="$root/target/python-tests"
 rc_version=1.3.3
 
+profile="${WHEEL_PROFILE:-dev}"
+
 if [ ! -x "$venv/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$venv"
 fi
 py="$venv/bin/python"
-"$py" -m pip install -q --disable-pip-version-check -r "$here/requirements-test.txt"
-"$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$here"
+pip=("$py" -m pip -q --disable-pip-version-check)
+"${pip[@]}" install -r "$here/requirements-test.txt"
+
+# The wheel, built by maturin straight into the workspace's target/ (what
+# `pip install ./bindings/python` does, without a release build).
+rm -rf "$work/wheels"
+if ! log=$("$py" -m maturin build -q --profile "$profile" -m "$here/Cargo.toml" \
+    -o "$work/wheels" 2>&1); then
+    echo "$log" >&2
+    exit 1
+fi
+"${pip[@]}" install --force-reinstall --no-deps "$work/wheels"/blobcache-*.whl
 
 # The CLI binary the process tests drive.
 cargo build -q --bin blobcache
@@ -41,7 +56,7 @@ echo "== requests-cache $rc_version backend suites against blobcache.requests_ca
 mkdir -p "$work/tmp"
 sdist="$work/requests_cache-$rc_version"
 if [ ! -d "$sdist/tests/integration" ]; then
-    "$py" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    "${pip[@]}" download --no-deps --no-binary :all: \
         "requests-cache==$rc_version" -d "$work"
     tar -xzf "$work/requests_cache-$rc_version.tar.gz" -C "$work"
 fi

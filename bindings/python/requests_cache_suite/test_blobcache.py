@@ -1,11 +1,22 @@
 """requests-cache 1.3.3's own backend test suites, run against
 blobcache.requests_cache. run-tests.sh copies this file into
 tests/integration/ of requests-cache's source distribution and runs it
-there, with pytest-httpbin serving httpbin on 127.0.0.1."""
+there, with pytest-httpbin serving httpbin on 127.0.0.1.
+
+One adaptation: ``BaseCacheTest.test_concurrency[ProcessPoolExecutor-*]``
+starts its worker processes with multiprocessing's ``forkserver`` method
+(Python 3.14's default on Linux) instead of ``fork``. A process forked after
+its parent opened a cache cannot open one (blobcache.ForkedError: the
+index's background threads do not survive fork), and this suite's parent
+has opened one by then."""
+
+import multiprocessing
 
 from blobcache.requests_cache import BlobcacheCache, BlobcacheStorage
 from tests.integration.base_cache_test import BaseCacheTest
 from tests.integration.base_storage_test import BaseStorageTest
+
+multiprocessing.set_start_method("forkserver", force=True)
 
 
 class TestBlobcacheStorage(BaseStorageTest):

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use blobcache::{
@@ -102,6 +103,33 @@ fn default_dir(py: Python<'_>) -> PyResult<PathBuf> {
         })
 }
 
+/// The process that opened this interpreter's first cache (0: none yet).
+/// Memory survives `fork`, so a child sees its parent's id here.
+static OPENED_IN: AtomicU32 = AtomicU32::new(0);
+
+/// Refuses to open a cache in a process forked after a cache was opened:
+/// the index database's background threads (and its global thread pool)
+/// do not exist in the child, so opening the index there would hang.
+fn check_not_forked(py: Python<'_>, path: &std::path::Path) -> PyResult<()> {
+    let me = std::process::id();
+    match OPENED_IN.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => Ok(()),
+        Err(pid) if pid == me => Ok(()),
+        Err(pid) => Err(new_error(
+            py,
+            "ForkedError",
+            format!(
+                "cannot open the cache at {}: this process was forked from process {pid} \
+                 after that process had opened a blobcache cache, and the index's \
+                 background threads do not survive fork; start workers with the \
+                 'spawn' or 'forkserver' multiprocessing start method, or fork before \
+                 opening any cache",
+                path.display()
+            ),
+        )),
+    }
+}
+
 /// `None` selects everything; a prefix needs its backend.
 fn selector(backend: Option<String>, prefix: Option<&Bound<'_, PyAny>>) -> PyResult<Selector> {
     match (backend, prefix) {
@@ -153,11 +181,12 @@ impl Cache {
         if std::process::id() != self.pid {
             let msg = format!(
                 "this Cache for {} was opened in process {} before a fork; \
-                 open a new Cache in this process",
+                 a forked process cannot use blobcache: start workers with the \
+                 'spawn' or 'forkserver' multiprocessing start method",
                 self.path.display(),
                 self.pid
             );
-            return Err(new_error(py, "ClosedError", msg));
+            return Err(new_error(py, "ForkedError", msg));
         }
         let guard = self.store.read().map_err(|_| closed())?;
         guard.clone().ok_or_else(closed)
@@ -197,6 +226,7 @@ impl Cache {
             Some(p) => p,
             None => default_dir(py)?,
         };
+        check_not_forked(py, &path)?;
         let opened = options::parse(options)?;
         let (p, opts) = (path.clone(), opened.store);
         let store = py.detach(move || Store::open(&p, opts)).py_err(py)?;

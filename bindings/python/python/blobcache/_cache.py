@@ -10,12 +10,13 @@ import inspect
 import io
 import json
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from . import _native
 
 Signature = Union[str, bytes]
 Payload = Union[bytes, bytearray, memoryview, str]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Entry(NamedTuple):
@@ -23,7 +24,7 @@ class Entry(NamedTuple):
 
     payload: bytes
     """The payload."""
-    headers: dict
+    headers: Dict[str, str]
     """The response headers kept with it (credentials removed)."""
     fetched_at: float
     """When the upstream produced it (epoch seconds)."""
@@ -31,7 +32,7 @@ class Entry(NamedTuple):
     """When it expires or expired (epoch seconds)."""
     stale: bool
     """True when it is expired."""
-    meta: dict
+    meta: Dict[str, Any]
     """All of its metadata (see :meth:`Cache.meta`)."""
 
 
@@ -40,7 +41,7 @@ class FetchResult(NamedTuple):
 
     payload: bytes
     """The payload."""
-    headers: dict
+    headers: Dict[str, str]
     """The response headers (credentials removed)."""
     status: str
     """``"hit"`` (from the cache), ``"fetched"`` (from ``fetch``) or
@@ -70,7 +71,7 @@ class Reader(io.RawIOBase):
         self._native = native
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> Dict[str, Any]:
         """The entry's metadata (see :meth:`Cache.meta`)."""
         return self._native.meta
 
@@ -101,10 +102,10 @@ class Reader(io.RawIOBase):
         super().close()
 
 
-def _default_key(name: str, args: tuple, kwargs: dict) -> str:
+def _default_key(name: str, args: tuple[Any, ...], kwargs: Dict[str, Any]) -> str:
     """A memoize signature: the function's name and its arguments as JSON
     (``repr`` for what JSON cannot hold)."""
-    parts = [list(args), sorted(kwargs.items())]
+    parts: List[Any] = [list(args), sorted(kwargs.items())]
     return name + ":" + json.dumps(parts, default=repr, separators=(",", ":"), sort_keys=True)
 
 
@@ -254,7 +255,7 @@ class Cache(_native.Cache):
         key: Optional[Callable[..., Signature]] = None,
         dumps: Callable[[Any], bytes] = _json_dumps,
         loads: Callable[[bytes], Any] = json.loads,
-    ) -> Callable[[Callable], Callable]:
+    ) -> Callable[[_F], _F]:
         """A decorator caching a function's results under ``backend`` for
         ``ttl`` seconds (else the category's TTL). Works on plain and
         ``async`` functions.
@@ -271,14 +272,17 @@ class Cache(_native.Cache):
         ... def movie(movie_id): return requests.get(...).json()
         """
 
-        def decorate(func: Callable) -> Callable:
+        def decorate(func: _F) -> _F:
             name = f"{func.__module__}.{func.__qualname__}"
 
-            def signature(args: tuple, kwargs: dict) -> Signature:
+            def signature(args: tuple[Any, ...], kwargs: Dict[str, Any]) -> Signature:
                 return key(*args, **kwargs) if key else _default_key(name, args, kwargs)
 
             if inspect.iscoroutinefunction(func):
-                return self._memoize_async(func, backend, signature, ttl, category, dumps, loads)
+                wrapped: Any = self._memoize_async(
+                    func, backend, signature, ttl, category, dumps, loads
+                )
+                return wrapped  # the same signature as func
 
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -291,14 +295,24 @@ class Cache(_native.Cache):
                 )
                 return loads(answer.payload)
 
-            return wrapper
+            same: Any = wrapper  # the same signature as func
+            return same
 
         return decorate
 
-    def _memoize_async(self, func, backend, signature, ttl, category, dumps, loads):
-        flights: dict = {}
+    def _memoize_async(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        backend: str,
+        signature: Callable[[tuple[Any, ...], Dict[str, Any]], Signature],
+        ttl: Optional[float],
+        category: Optional[str],
+        dumps: Callable[[Any], bytes],
+        loads: Callable[[bytes], Any],
+    ) -> Callable[..., Awaitable[Any]]:
+        flights: Dict[tuple[int, Signature], List[Any]] = {}
 
-        async def fetch_once(sig: Signature, args: tuple, kwargs: dict) -> Any:
+        async def fetch_once(sig: Signature, args: tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
             hit = self.get(backend, sig)
             if hit is not None:
                 return loads(hit)

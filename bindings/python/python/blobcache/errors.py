@@ -12,6 +12,7 @@ __all__ = [
     "Error",
     "InvalidKeyError",
     "ClosedError",
+    "ForkedError",
     "LockedError",
     "OwnerTimeoutError",
     "ProtocolError",
@@ -46,6 +47,13 @@ class InvalidKeyError(Error, ValueError):
 
 class ClosedError(Error, ValueError):
     """The cache was closed (or was opened in the parent of a fork)."""
+
+
+class ForkedError(Error, RuntimeError):
+    """This process was forked after its parent had opened a cache: the
+    index's background threads do not survive ``fork``, so the child cannot
+    open one. Start worker processes with the ``spawn`` or ``forkserver``
+    multiprocessing start method (or fork before opening any cache)."""
 
 
 class LockedError(Error):
