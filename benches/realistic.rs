@@ -45,6 +45,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+use common::{Sample, env_u64};
+
 use blobcache::engine::{Engine, EngineOptions, HeaderSet, PutMeta};
 use blobcache::pack::ReadMode;
 use blobcache::testkit::{ApiResponse, ResponseKind, Rng, api_key, api_response, disk_usage};
@@ -341,26 +344,6 @@ impl Handle for SledHandle {
 
 // ---- measurements ------------------------------------------------------------
 
-/// Latencies in µs of a sample of operations.
-struct Sample(Vec<f64>);
-
-impl Sample {
-    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        let start = Instant::now();
-        let out = f();
-        self.0.push(start.elapsed().as_secs_f64() * 1e6);
-        out
-    }
-    fn mean(&self) -> f64 {
-        self.0.iter().sum::<f64>() / self.0.len().max(1) as f64
-    }
-    fn quantile(&mut self, q: f64) -> f64 {
-        self.0.sort_by(f64::total_cmp);
-        let at = ((self.0.len() as f64 * q) as usize).min(self.0.len().saturating_sub(1));
-        self.0.get(at).copied().unwrap_or(f64::NAN)
-    }
-}
-
 /// What one system measured.
 #[derive(Clone, Copy, Default)]
 struct Measured {
@@ -379,14 +362,6 @@ struct Config {
     gets: u64,
     mixed_ops: u64,
     cacache_max: u64,
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.replace('_', ""))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Fills the system with entries `0..n`, timing every put; returns the

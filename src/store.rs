@@ -461,6 +461,7 @@ impl Store {
 
     /// Stores an entry read from the remote tier, already verified against
     /// `hash`, with its stored bytes as they came (not sent back there).
+    #[cfg(feature = "redis")]
     pub(crate) fn put_remote_hit(
         &self,
         key: &[u8],

@@ -191,14 +191,30 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
 mod responses;
 pub use responses::{ApiResponse, ResponseKind, api_key, api_response};
 
-/// A throwaway `redis-server` for tests and benchmarks: it listens only on
-/// a Unix socket in the directory given (no TCP port), keeps nothing on
-/// disk (`save ""`, no append-only file), and is killed when dropped.
+/// A throwaway `redis-server` for tests and benchmarks: it listens on a
+/// Unix socket in the directory given (and, with [`RedisServer::start_tls`],
+/// on a TLS port of 127.0.0.1 only), keeps nothing on disk (`save ""`, no
+/// append-only file), and is killed when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
     password: Option<String>,
+    tls: Option<(RedisTls, u16)>,
+}
+
+/// The TLS side of a test [`RedisServer`]: PEM files of its certificate,
+/// its key, and the CA that client certificates must chain to.
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    /// The server's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The server's private key.
+    pub key: std::path::PathBuf,
+    /// The CA client certificates are checked against.
+    pub ca: std::path::PathBuf,
+    /// Refuse clients that present no certificate (`tls-auth-clients yes`).
+    pub require_client_cert: bool,
 }
 
 impl RedisServer {
@@ -210,9 +226,33 @@ impl RedisServer {
             child: None,
             dir: dir.to_path_buf(),
             password: password.map(str::to_string),
+            tls: None,
         };
         s.restart()?;
         Ok(s)
+    }
+
+    /// Starts a server in `dir` that also serves TLS on a free port of
+    /// 127.0.0.1 (see [`RedisServer::tls_url`]), with the files of `tls`.
+    pub fn start_tls(dir: &Path, tls: RedisTls) -> std::io::Result<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut s = RedisServer {
+            child: None,
+            dir: dir.to_path_buf(),
+            password: None,
+            tls: Some((tls, port)),
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// The `rediss://` URL of the TLS port, when the server has one.
+    pub fn tls_url(&self, host: &str) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(_, port)| format!("rediss://{host}:{port}"))
     }
 
     /// The socket the server listens on.
@@ -254,6 +294,17 @@ impl RedisServer {
             .stdout(std::process::Stdio::null());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
+        }
+        if let Some((tls, port)) = &self.tls {
+            let auth = if tls.require_client_cert { "yes" } else { "no" };
+            cmd.args(["--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", auth]);
         }
         let child = cmd.spawn().map_err(|e| {
             std::io::Error::new(

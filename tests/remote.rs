@@ -6,13 +6,13 @@
 
 #![cfg(feature = "redis")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use blobcache::testkit::{RedisServer, Rng, json_payload};
+use blobcache::testkit::{RedisServer, RedisTls, Rng, json_payload};
 use blobcache::{
     Category, Error, PutOptions, RemoteOptions, RemoteState, Selector, Store, StoreOptions,
 };
@@ -119,6 +119,37 @@ fn two_directories_share_entries_through_one_redis() {
     assert_eq!((rb.hits, rb.misses, rb.corrupt), (2, 0, 0), "{rb:?}");
     // A key nobody has: a miss everywhere.
     assert!(b.get("tmdb", "movie/1").unwrap().is_none());
+}
+
+#[test]
+fn streamed_puts_reach_redis_even_when_their_blob_is_inline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let sync = RemoteOptions::new(srv.url()).sync_writes(true);
+    let a = open(&tmp.path().join("a"), sync.clone());
+    let b = open(&tmp.path().join("b"), sync);
+    // Over the streaming threshold, yet a few hundred bytes compressed: put
+    // in memory it is inline; streamed, it deduplicates onto that blob, so
+    // its bytes are not at hand after the put and are read back.
+    let zeros = vec![b'0'; 9 << 20];
+    let bytes = a.put("dumps", "bytes", &zeros, &PutOptions::new()).unwrap();
+    assert!(bytes.inline, "{bytes:?}");
+    let streamed = a
+        .put_reader("dumps", "streamed", &zeros[..], &PutOptions::new())
+        .unwrap();
+    assert!(streamed.inline && streamed.deduplicated, "{streamed:?}");
+    // A streamed payload that ends up in a blob file.
+    let large = random(13, 9 << 20);
+    let file = a
+        .put_reader("dumps", "file", &large[..], &PutOptions::new())
+        .unwrap();
+    assert!(!file.inline, "{file:?}");
+    let ra = remote_stats(&a);
+    assert_eq!((ra.writes, ra.skipped, ra.errors), (3, 0, 0), "{ra:?}");
+
+    assert_eq!(b.get("dumps", "streamed").unwrap().unwrap().data, zeros);
+    assert_eq!(b.get("dumps", "file").unwrap().unwrap().data, large);
+    assert_eq!(remote_stats(&b).hits, 2);
 }
 
 #[test]
@@ -332,11 +363,187 @@ fn wrong_credentials_are_a_clear_error_at_open() {
         matches!(bad, Err(Error::Remote { .. })),
         "an unusable URL: {bad:?}"
     );
-    let tls = Store::open(
+    let ca_without_tls = Store::open(
         tmp.path().join("c"),
-        StoreOptions::default().remote(RemoteOptions::new("rediss://h:6380")),
+        StoreOptions::default().remote(RemoteOptions::new(srv.url()).ca_file("ca.pem")),
     );
-    assert!(tls.unwrap_err().to_string().contains("TLS"));
+    let msg = ca_without_tls.unwrap_err().to_string();
+    assert!(msg.contains("rediss://"), "{msg}");
+}
+
+/// A throwaway PKI: a CA, a server certificate for localhost and
+/// 127.0.0.1 and a client certificate signed by it, and an unrelated CA.
+struct Pki {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca_issuer = |cn: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let ca = ca_issuer("blobcache test CA");
+    let other = ca_issuer("someone else's CA");
+    let leaf = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (
+            write(&format!("{name}.crt"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let server = leaf("server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let client = leaf("client", vec!["ci-runner".into()]);
+    Pki {
+        ca: write("ca.crt", ca.pem()),
+        other_ca: write("other-ca.crt", other.pem()),
+        server,
+        client,
+    }
+}
+
+fn tls_server(dir: &Path, pki: &Pki, require_client_cert: bool) -> RedisServer {
+    let tls = RedisTls {
+        cert: pki.server.0.clone(),
+        key: pki.server.1.clone(),
+        ca: pki.ca.clone(),
+        require_client_cert,
+    };
+    RedisServer::start_tls(dir, tls).expect("redis-server with TLS is required")
+}
+
+#[test]
+fn tls_shares_entries_and_refuses_an_untrusted_server_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let srv = tls_server(tmp.path(), &pki, false);
+    let trusted = |host: &str| {
+        RemoteOptions::new(srv.tls_url(host).unwrap())
+            .ca_file(&pki.ca)
+            .sync_writes(true)
+    };
+    let a = open(&tmp.path().join("a"), trusted("localhost"));
+    let b = open(&tmp.path().join("b"), trusted("127.0.0.1"));
+    let body = json_payload(11, 5000);
+    let large = random(12, 150_000); // a blob kept apart
+    a.put("tmdb", "movie/42", &body, &PutOptions::new())
+        .unwrap();
+    a.put("tmdb", "dump/42", &large, &PutOptions::new())
+        .unwrap();
+    assert_eq!(remote_stats(&a).writes, 2, "{:?}", remote_stats(&a));
+    assert_eq!(
+        keys(&srv, "blobcache:e:*").len(),
+        2,
+        "in Redis, sent over TLS"
+    );
+    assert_eq!(b.get("tmdb", "movie/42").unwrap().unwrap().data, body);
+    assert_eq!(b.get("tmdb", "dump/42").unwrap().unwrap().data, large);
+    let rb = remote_stats(&b);
+    assert_eq!(
+        (rb.hits, rb.errors, rb.state),
+        (2, 0, RemoteState::Up),
+        "{rb:?}"
+    );
+
+    // An untrusted server (the system's roots, or another CA) is refused
+    // at open, like wrong credentials: a configuration error, not a
+    // Redis that is down.
+    for opts in [
+        RemoteOptions::new(srv.tls_url("localhost").unwrap()),
+        RemoteOptions::new(srv.tls_url("localhost").unwrap()).ca_file(&pki.other_ca),
+    ] {
+        let err = Store::open(tmp.path().join("c"), StoreOptions::default().remote(opts))
+            .expect_err("an untrusted certificate fails the open");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Remote { .. }), "{err:?}");
+        assert!(msg.contains("TLS handshake failed"), "{msg}");
+    }
+    let missing = Store::open(
+        tmp.path().join("c"),
+        StoreOptions::default().remote(trusted("localhost").ca_file(tmp.path().join("no.pem"))),
+    )
+    .expect_err("a missing CA file fails the open");
+    assert!(missing.to_string().contains("no.pem"), "{missing}");
+}
+
+#[test]
+fn tls_client_certificates_via_options_and_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki(tmp.path());
+    let srv = tls_server(tmp.path(), &pki, true);
+    let url = srv.tls_url("localhost").unwrap();
+    let with_cert = RemoteOptions::new(&url)
+        .ca_file(&pki.ca)
+        .client_cert(&pki.client.0, &pki.client.1)
+        .sync_writes(true);
+    let a = open(&tmp.path().join("a"), with_cert);
+    a.put("anilist", "media/1", b"{\"id\":1}", &PutOptions::new())
+        .unwrap();
+    assert_eq!(remote_stats(&a).writes, 1, "{:?}", remote_stats(&a));
+
+    let err = Store::open(
+        tmp.path().join("b"),
+        StoreOptions::default().remote(RemoteOptions::new(&url).ca_file(&pki.ca)),
+    )
+    .expect_err("Redis requires a client certificate");
+    assert!(matches!(err, Error::Remote { .. }), "{err:?}");
+
+    let bin = env!("CARGO_BIN_EXE_blobcache");
+    let cli = |dir: &str, args: &[&str]| {
+        Command::new(bin)
+            .arg("--dir")
+            .arg(tmp.path().join(dir))
+            .args(["--remote", &url])
+            .env("BLOBCACHE_REMOTE_CA_FILE", &pki.ca)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cert = pki.client.0.to_str().unwrap();
+    let key = pki.client.1.to_str().unwrap();
+    let got = cli(
+        "c",
+        &[
+            "--remote-cert-file",
+            cert,
+            "--remote-key-file",
+            key,
+            "get",
+            "anilist",
+            "media/1",
+        ],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, b"{\"id\":1}");
+    let half = cli(
+        "d",
+        &["--remote-cert-file", cert, "get", "anilist", "media/1"],
+    );
+    assert_eq!(half.status.code(), Some(2), "a certificate without its key");
+    let refused = cli("d", &["get", "anilist", "media/1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.starts_with("error: remote cache rediss://"), "{msg}");
 }
 
 #[test]

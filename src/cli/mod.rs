@@ -123,7 +123,7 @@ pub struct Cli {
     owner_timeout: std::time::Duration,
 
     /// A shared remote tier behind the cache: a Redis URL
-    /// (redis://[user:password@]host[:port][/db] or
+    /// (redis://[user:password@]host[:port][/db], rediss://... for TLS, or
     /// unix:///path/redis.sock[?pass=...]). A local miss reads through it,
     /// a put writes through to it; a Redis that is down is skipped.
     #[arg(long, global = true, env = "BLOBCACHE_REMOTE", value_name = "URL")]
@@ -149,6 +149,37 @@ pub struct Cli {
     /// (by default they touch the local cache only).
     #[arg(long, global = true)]
     remote_delete: bool,
+
+    /// With a rediss:// remote: trust the CA certificates in this PEM file
+    /// instead of the system's roots.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_CA_FILE",
+        value_name = "PEM"
+    )]
+    remote_ca_file: Option<PathBuf>,
+
+    /// With a rediss:// remote: the client certificate (PEM) to present to
+    /// a Redis that requires one; needs --remote-key-file.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_CERT_FILE",
+        value_name = "PEM",
+        requires = "remote_key_file"
+    )]
+    remote_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --remote-cert-file.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_KEY_FILE",
+        value_name = "PEM",
+        requires = "remote_cert_file"
+    )]
+    remote_key_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -404,13 +435,18 @@ fn message(e: &Error) -> String {
 /// writes are sent before it exits (synchronously).
 fn remote_options(cli: &Cli) -> Option<RemoteOptions> {
     let url = cli.remote.as_ref().filter(|u| !u.is_empty())?;
-    Some(
-        RemoteOptions::new(url)
-            .prefix(&cli.remote_prefix)
-            .read_only(cli.remote_read_only)
-            .delete_remote(cli.remote_delete)
-            .sync_writes(true),
-    )
+    let mut opts = RemoteOptions::new(url)
+        .prefix(&cli.remote_prefix)
+        .read_only(cli.remote_read_only)
+        .delete_remote(cli.remote_delete)
+        .sync_writes(true);
+    if let Some(ca) = &cli.remote_ca_file {
+        opts = opts.ca_file(ca);
+    }
+    if let (Some(cert), Some(key)) = (&cli.remote_cert_file, &cli.remote_key_file) {
+        opts = opts.client_cert(cert, key);
+    }
+    Some(opts)
 }
 
 fn default_dir_or(dir: Option<PathBuf>) -> Result<PathBuf, Error> {

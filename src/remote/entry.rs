@@ -6,8 +6,13 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use std::time::Duration;
+
 use crate::blobs::BlobHash;
+use crate::key::Category;
+use crate::options::PutOptions;
 use crate::record::{self, Codec};
+use crate::store::PutReport;
 
 /// Version written in every remote entry.
 pub const ENTRY_VERSION: u32 = 1;
@@ -38,6 +43,14 @@ pub fn entry_pattern(prefix: &str, key_prefix: &[u8]) -> Vec<u8> {
     }
     p.push(b'*');
     p
+}
+
+/// The codec of a put's stored bytes from its report.
+pub fn codec_of(compressed: bool) -> Codec {
+    match compressed {
+        true => Codec::Zstd,
+        false => Codec::Raw,
+    }
 }
 
 /// An entry as stored in Redis.
@@ -80,6 +93,45 @@ pub struct RemoteEntry {
 }
 
 impl RemoteEntry {
+    /// The entry of a local put (`report` and its `opts`, at `now`): the
+    /// metadata its local record holds, headers redacted the same way
+    /// (`drop_headers`), without the blob bytes. The one way in.
+    pub fn of_put(
+        report: &PutReport,
+        opts: &PutOptions,
+        now: u64,
+        drop_headers: &[String],
+    ) -> RemoteEntry {
+        RemoteEntry {
+            version: ENTRY_VERSION,
+            hash: report.hash,
+            codec: codec_of(report.compressed),
+            raw_size: report.raw_size,
+            fetched_at: opts.fetched_at.unwrap_or(now),
+            expires_at: report.expires_at,
+            category: opts.category.as_str().to_string(),
+            content_type: opts.content_type.clone(),
+            headers: record::redact_headers(&opts.headers, drop_headers),
+            pinned: opts.pinned,
+            blob: None,
+        }
+    }
+
+    /// How a remote hit is stored locally at `now`: the same metadata and
+    /// the remaining TTL. The one way out.
+    pub fn put_options(&self, now: u64) -> PutOptions {
+        let mut o = PutOptions::new()
+            .ttl(Duration::from_millis(self.expires_at.saturating_sub(now)))
+            .category(Category::parse(&self.category))
+            .headers(self.headers.iter().cloned())
+            .fetched_at(self.fetched_at)
+            .pinned(self.pinned);
+        if let Some(ct) = &self.content_type {
+            o = o.content_type(ct.clone());
+        }
+        o
+    }
+
     /// The value written to Redis.
     pub fn encode(&self) -> Vec<u8> {
         record::to_cbor(self)
@@ -117,6 +169,39 @@ mod tests {
         assert_eq!(RemoteEntry::decode(&e.encode()), Ok(e));
         assert!(RemoteEntry::decode(b"\xff\x00garbage").is_err());
         assert!(RemoteEntry::decode(b"").is_err());
+    }
+
+    #[test]
+    fn a_put_converts_to_an_entry_and_back_to_the_same_options() {
+        let opts = PutOptions::new()
+            .category(Category::List)
+            .ttl(Duration::from_secs(60))
+            .content_type("application/json")
+            .header("ETag", "\"a\"")
+            .header("X-Api-Key", "dropped")
+            .fetched_at(7)
+            .pinned(true);
+        let report = PutReport {
+            hash: BlobHash::of(b"{}"),
+            raw_size: 2,
+            stored_size: 2,
+            compressed: false,
+            inline: true,
+            deduplicated: false,
+            expires_at: 60_000 + 1_000,
+        };
+        let e = RemoteEntry::of_put(&report, &opts, 1_000, &["x-api-key".into()]);
+        assert_eq!((e.codec, e.raw_size, e.fetched_at), (Codec::Raw, 2, 7));
+        assert_eq!(e.headers, vec![("ETag".to_string(), "\"a\"".to_string())]);
+        let back = e.put_options(1_000);
+        let expected = PutOptions::new()
+            .category(Category::List)
+            .ttl(Duration::from_secs(60))
+            .content_type("application/json")
+            .header("ETag", "\"a\"")
+            .fetched_at(7)
+            .pinned(true);
+        assert_eq!(back, expected);
     }
 
     #[test]

@@ -32,9 +32,13 @@ mod tier;
 #[cfg(feature = "redis")]
 mod writer;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
+#[cfg(not(feature = "redis"))]
+use crate::error::Result;
+#[cfg(not(feature = "redis"))]
 use crate::store::{PutReport, Store};
 
 /// Default prefix of every key blobcache writes to Redis.
@@ -65,6 +69,8 @@ pub struct RemoteOptions {
     pub(crate) timeout: Duration,
     pub(crate) pool_size: usize,
     pub(crate) delete_remote: bool,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for RemoteOptions {
@@ -81,14 +87,17 @@ impl std::fmt::Debug for RemoteOptions {
             .field("timeout", &self.timeout)
             .field("pool_size", &self.pool_size)
             .field("delete_remote", &self.delete_remote)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
 
 impl RemoteOptions {
     /// A remote tier at `url`: `redis://[user[:password]@]host[:port][/db]`,
-    /// or `unix:///path/to/redis.sock[?db=N&user=U&pass=P]`. `rediss://`
-    /// (TLS) is refused at open by this build (see the README). The URL is
+    /// `rediss://...` (the same over TLS; the server's certificate is
+    /// checked against the system's roots, or [`RemoteOptions::ca_file`]),
+    /// or `unix:///path/to/redis.sock[?db=N&user=U&pass=P]`. The URL is
     /// checked when the store opens.
     pub fn new(url: impl Into<String>) -> RemoteOptions {
         RemoteOptions {
@@ -103,6 +112,8 @@ impl RemoteOptions {
             timeout: Duration::from_secs(1),
             pool_size: 4,
             delete_remote: false,
+            ca_file: None,
+            client_cert: None,
         }
     }
 
@@ -175,6 +186,25 @@ impl RemoteOptions {
     /// cache only). Shared blobs are left to expire.
     pub fn delete_remote(mut self, yes: bool) -> Self {
         self.delete_remote = yes;
+        self
+    }
+
+    /// With a `rediss://` URL: trust the CA certificates in this PEM file
+    /// instead of the system's roots (a team's own CA). Read at open.
+    pub fn ca_file(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(pem.into());
+        self
+    }
+
+    /// With a `rediss://` URL: present this client certificate chain and
+    /// its private key (PEM files, read at open) to a Redis that requires
+    /// client certificates (`tls-auth-clients yes`).
+    pub fn client_cert(
+        mut self,
+        cert_pem: impl Into<PathBuf>,
+        key_pem: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -267,101 +297,64 @@ pub struct RemoteStats {
 }
 
 /// The store's handle on its remote tier: a no-op when none is configured.
+/// Its methods (`open`, `fill` on a local miss, `after_put`,
+/// `after_delete`, `drain`, `stats`) live in `tier.rs`; a build without
+/// the `redis` feature gets the no-op versions below.
 #[derive(Debug, Default)]
 pub(crate) struct Remote {
     #[cfg(feature = "redis")]
     tier: Option<tier::Tier>,
 }
 
+#[cfg(not(feature = "redis"))]
 impl Remote {
-    /// Connects the tier described by `opts` (none: a no-op handle). A
-    /// wrong password or a bad URL is an error here; an unreachable Redis
-    /// only marks the tier down (unless errors are fatal).
+    /// No tier; asking for one is an error in this build.
     pub fn open(
         opts: Option<&RemoteOptions>,
-        store: &crate::options::StoreOptions,
+        _store: &crate::options::StoreOptions,
     ) -> Result<Self> {
-        let Some(opts) = opts else {
-            return Ok(Remote::default());
-        };
-        #[cfg(feature = "redis")]
-        {
-            Ok(Remote {
-                tier: Some(tier::Tier::open(opts, store)?),
-            })
-        }
-        #[cfg(not(feature = "redis"))]
-        {
-            let _ = store;
-            Err(Error::Remote {
-                url: opts.redacted_url(),
-                reason: "this build of blobcache has no remote tier (built without the \
-                         `redis` feature); rebuild with it or drop the remote option"
-                    .into(),
-            })
+        match opts {
+            None => Ok(Remote::default()),
+            Some(opts) => Err(remote_error(
+                opts,
+                "this build of blobcache has no remote tier (built without the \
+                 `redis` feature); rebuild with it or drop the remote option",
+            )),
         }
     }
 
-    /// On a local miss: fetches `key` from Redis, verifies it and stores
-    /// it locally. True when the entry is now in the local cache.
-    pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<bool> {
-        #[cfg(feature = "redis")]
-        if let Some(t) = &self.tier {
-            return t.fill(store, key, now);
-        }
-        let _ = (store, key, now);
+    /// Never fills anything.
+    pub fn fill(&self, _: &Store, _: &[u8], _: u64) -> Result<bool> {
         Ok(false)
     }
 
-    /// After a local put: sends the entry to Redis (queued or now).
-    /// `payload` is the raw payload when it is in memory.
+    /// Sends nothing.
     pub fn after_put(
         &self,
-        store: &Store,
-        key: &[u8],
-        payload: Option<&[u8]>,
-        report: &PutReport,
-        opts: &crate::options::PutOptions,
+        _: &Store,
+        _: &[u8],
+        _: Option<&[u8]>,
+        _: &PutReport,
+        _: &crate::options::PutOptions,
     ) -> Result<()> {
-        #[cfg(feature = "redis")]
-        if let Some(t) = &self.tier {
-            return t.after_put(store, key, payload, report, opts);
-        }
-        let _ = (store, key, payload, report, opts);
         Ok(())
     }
 
-    /// After a local delete or clear: removes the entries under the index
-    /// key `prefix` from Redis when told to (`exact`: only that key).
-    pub fn after_delete(&self, prefix: &[u8], exact: bool) -> Result<()> {
-        #[cfg(feature = "redis")]
-        if let Some(t) = &self.tier {
-            return t.after_delete(prefix, exact);
-        }
-        let _ = (prefix, exact);
+    /// Deletes nothing.
+    pub fn after_delete(&self, _: &[u8], _: bool) -> Result<()> {
         Ok(())
     }
 
-    /// Waits (bounded by the tier's timeout) until queued writes are sent.
-    pub fn drain(&self) {
-        #[cfg(feature = "redis")]
-        if let Some(t) = &self.tier {
-            t.drain();
-        }
-    }
+    /// Nothing is queued.
+    pub fn drain(&self) {}
 
-    /// The tier's figures, `None` without a tier.
+    /// No figures.
     pub fn stats(&self) -> Option<RemoteStats> {
-        #[cfg(feature = "redis")]
-        if let Some(t) = &self.tier {
-            return Some(t.stats());
-        }
         None
     }
 }
 
 /// Builds the error of a failed remote request.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn remote_error(opts: &RemoteOptions, reason: impl Into<String>) -> Error {
     Error::Remote {
         url: opts.redacted_url(),

@@ -1,5 +1,6 @@
-//! Connections to Redis: a small pool of idle connections, and the
-//! circuit breaker that skips Redis for a while after an error.
+//! Connections to Redis: the client built from the options (TLS included),
+//! a small pool of idle connections, and the circuit breaker that skips
+//! Redis for a while after an error.
 //!
 //! The pool is a mutex around a stack of idle connections: a request takes
 //! one (or connects), and gives it back only when the request succeeded, so
@@ -7,11 +8,77 @@
 //! all the tier needs; a pooling crate would add its own threads and a
 //! health-check round trip per checkout.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisResult};
+use redis::{Client, ClientTlsConfig, Connection, RedisError, RedisResult, TlsCertificates};
+
+use super::{RemoteOptions, remote_error};
+use crate::error::{IoContext, Result};
+
+/// The client for `opts.url`. With `rediss://`, TLS goes through rustls
+/// and checks the server against [`RemoteOptions::ca_file`] (else the
+/// system's roots); [`RemoteOptions::client_cert`] is presented when set.
+/// The PEM files are read here, so a missing one fails the open.
+pub fn client(opts: &RemoteOptions) -> Result<Client> {
+    let unusable = |e: RedisError| remote_error(opts, format!("the URL is not usable: {e}"));
+    if !is_tls_url(&opts.url) {
+        if opts.ca_file.is_some() || opts.client_cert.is_some() {
+            return Err(remote_error(
+                opts,
+                "a CA file or client certificate needs a rediss:// (TLS) URL",
+            ));
+        }
+        return Client::open(opts.url.as_str()).map_err(unusable);
+    }
+    let client_tls = match &opts.client_cert {
+        Some((cert, key)) => Some(ClientTlsConfig {
+            client_cert: std::fs::read(cert).ctx("read the client certificate", cert)?,
+            client_key: std::fs::read(key).ctx("read the client key", key)?,
+        }),
+        None => None,
+    };
+    let root_cert = match &opts.ca_file {
+        Some(ca) => Some(std::fs::read(ca).ctx("read the CA file", ca)?),
+        None => None,
+    };
+    let certs = TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Client::build_with_tls(opts.url.as_str(), certs).map_err(unusable)
+}
+
+/// True for a URL whose connections use TLS.
+fn is_tls_url(url: &str) -> bool {
+    url.starts_with("rediss://") || url.starts_with("valkeys://")
+}
+
+/// The TLS failure behind `e`, if any (an untrusted or mismatched server
+/// certificate, a refused client certificate): a configuration error, not
+/// a Redis that is down.
+pub fn tls_failure(e: &RedisError) -> Option<&rustls::Error> {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        // redis keeps its inner errors behind an `Arc`.
+        let c: &(dyn std::error::Error + 'static) = match c.downcast_ref::<Shared>() {
+            Some(inner) => &**inner,
+            None => c,
+        };
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if tls.is_some() {
+            return tls;
+        }
+        cause = c.source();
+    }
+    None
+}
 
 /// Idle connections to one Redis.
 pub struct Pool {

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult};
 use serde_bytes::ByteBuf;
 
-use super::entry::{self, ENTRY_VERSION, RemoteEntry};
-use super::pool::{Breaker, Pool};
+use super::entry::{self, RemoteEntry, codec_of};
+use super::pool::{self, Breaker, Pool};
 use super::writer::Writer;
-use super::{RemoteOptions, RemoteState, RemoteStats, remote_error};
+use super::{Remote, RemoteOptions, RemoteState, RemoteStats, remote_error};
 use crate::blobs::{self, BlobError};
 use crate::clock::Clock;
 use crate::error::Result;
-use crate::key::{self, Category};
+use crate::key;
 use crate::options::{PutOptions, StoreOptions};
-use crate::record::{self, Codec};
+use crate::record::Codec;
 use crate::store::{PutReport, Store};
 
 /// Keys deleted per `UNLINK` (and asked for per `SCAN` step) by a clear.
@@ -83,24 +83,19 @@ pub struct Job {
 enum Body {
     /// The raw payload, to be compressed like the store does.
     Raw(Vec<u8>),
+    /// The stored bytes, already in `Codec`.
+    Stored(Codec, Vec<u8>),
     /// The local blob file, holding the stored bytes in `Codec`.
     File(PathBuf, Codec),
 }
 
 impl Tier {
     /// Connects to the Redis named by `opts` and checks it answers. A bad
-    /// URL, TLS, or credentials Redis refuses are errors; an unreachable
-    /// Redis marks the tier down (an error with `fatal_errors`).
-    pub fn open(opts: &RemoteOptions, store: &StoreOptions) -> Result<Tier> {
-        if opts.url.starts_with("rediss://") || opts.url.starts_with("valkeys://") {
-            return Err(remote_error(
-                opts,
-                "TLS (rediss://) is not supported by this build; reach Redis over a \
-                 trusted network, a Unix socket, or a TLS tunnel such as stunnel",
-            ));
-        }
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| remote_error(opts, format!("the URL is not usable: {e}")))?;
+    /// URL, a TLS handshake that fails (untrusted certificate), or
+    /// credentials Redis refuses are errors; an unreachable Redis marks the
+    /// tier down (an error with `fatal_errors`).
+    fn open(opts: &RemoteOptions, store: &StoreOptions) -> Result<Tier> {
+        let client = pool::client(opts)?;
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             pool: Pool::new(client, opts.pool_size, opts.timeout),
@@ -115,13 +110,29 @@ impl Tier {
             .then(|| Writer::spawn(shared.clone(), opts.queue_capacity));
         Ok(Tier { shared, writer })
     }
+}
 
-    /// See [`super::Remote::fill`].
-    pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<bool> {
-        self.shared.fill(store, key, now)
+impl Remote {
+    /// Connects the tier described by `opts` (none: a no-op handle). A
+    /// wrong password, a failed TLS handshake or a bad URL is an error
+    /// here; an unreachable Redis only marks the tier down (unless errors
+    /// are fatal).
+    pub fn open(opts: Option<&RemoteOptions>, store: &StoreOptions) -> Result<Remote> {
+        let tier = opts.map(|o| Tier::open(o, store)).transpose()?;
+        Ok(Remote { tier })
     }
 
-    /// See [`super::Remote::after_put`].
+    /// On a local miss: fetches `key` from Redis, verifies it and stores
+    /// it locally. True when the entry is now in the local cache.
+    pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<bool> {
+        match &self.tier {
+            Some(t) => t.shared.fill(store, key, now),
+            None => Ok(false),
+        }
+    }
+
+    /// After a local put: sends the entry to Redis (queued or now).
+    /// `payload` is the raw payload when it is in memory.
     pub fn after_put(
         &self,
         store: &Store,
@@ -130,7 +141,10 @@ impl Tier {
         report: &PutReport,
         opts: &PutOptions,
     ) -> Result<()> {
-        let s = &self.shared;
+        let Some(t) = &self.tier else {
+            return Ok(());
+        };
+        let s = &t.shared;
         if s.opts.read_only {
             return Ok(());
         }
@@ -138,39 +152,17 @@ impl Tier {
             bump(&s.counts.too_large);
             return Ok(());
         }
-        let body = match (report.inline, payload) {
-            (false, _) => Body::File(
-                store.blob_store().path_for(&report.hash),
-                codec_of(report.compressed),
-            ),
-            (true, Some(p)) => Body::Raw(p.to_vec()),
-            // A streamed payload whose blob was already inline: its bytes
-            // are not at hand; the entry stays local.
-            (true, None) => {
-                bump(&s.counts.skipped);
-                return Ok(());
-            }
+        let Some(body) = body_of(store, key, payload, report)? else {
+            bump(&s.counts.skipped);
+            return Ok(());
         };
         let o = store.options();
-        let entry = RemoteEntry {
-            version: ENTRY_VERSION,
-            hash: report.hash,
-            codec: codec_of(report.compressed),
-            raw_size: report.raw_size,
-            fetched_at: opts.fetched_at.unwrap_or_else(|| o.clock.now_ms()),
-            expires_at: report.expires_at,
-            category: opts.category.as_str().to_string(),
-            content_type: opts.content_type.clone(),
-            headers: record::redact_headers(&opts.headers, &o.drop_headers),
-            pinned: opts.pinned,
-            blob: None,
-        };
         let job = Job {
             key: key.to_vec(),
-            entry,
+            entry: RemoteEntry::of_put(report, opts, o.clock.now_ms(), &o.drop_headers),
             body,
         };
-        match &self.writer {
+        match &t.writer {
             Some(w) => {
                 w.enqueue(job);
                 Ok(())
@@ -179,9 +171,13 @@ impl Tier {
         }
     }
 
-    /// See [`super::Remote::after_delete`].
+    /// After a local delete or clear: removes the entries under the index
+    /// key `prefix` from Redis when told to (`exact`: only that key).
     pub fn after_delete(&self, prefix: &[u8], exact: bool) -> Result<()> {
-        let s = &self.shared;
+        let Some(t) = &self.tier else {
+            return Ok(());
+        };
+        let s = &t.shared;
         if s.opts.read_only || !s.opts.delete_remote {
             return Ok(());
         }
@@ -195,20 +191,25 @@ impl Tier {
         s.delete_matching(&entry::entry_pattern(&s.opts.prefix, prefix))
     }
 
-    /// See [`super::Remote::drain`].
+    /// Waits (bounded by the tier's timeout) until queued writes are sent.
     pub fn drain(&self) {
-        if let Some(w) = &self.writer {
-            w.drain(self.shared.drain_budget());
+        if let Some(Tier {
+            shared,
+            writer: Some(w),
+        }) = &self.tier
+        {
+            w.drain(shared.drain_budget());
         }
     }
 
-    /// See [`super::Remote::stats`].
-    pub fn stats(&self) -> RemoteStats {
-        let s = &self.shared;
+    /// The tier's figures, `None` without a tier.
+    pub fn stats(&self) -> Option<RemoteStats> {
+        let t = self.tier.as_ref()?;
+        let s = &t.shared;
         let c = &s.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let requests = get(&c.requests);
-        RemoteStats {
+        Some(RemoteStats {
             url: s.opts.redacted_url(),
             prefix: s.opts.prefix.clone(),
             state: match s.breaker.is_open() {
@@ -226,18 +227,39 @@ impl Tier {
             dropped: get(&c.dropped),
             too_large: get(&c.too_large),
             deleted: get(&c.deleted),
-            queued: self.writer.as_ref().map_or(0, Writer::pending),
+            queued: t.writer.as_ref().map_or(0, Writer::pending),
             requests,
             latency_us: get(&c.latency_us).checked_div(requests).unwrap_or(0),
-        }
+        })
     }
 }
 
-fn codec_of(compressed: bool) -> Codec {
-    match compressed {
-        true => Codec::Zstd,
-        false => Codec::Raw,
+/// Where the bytes of a put are: in memory (`payload`), in the local blob
+/// file, or (a streamed payload that deduplicated onto an inline blob)
+/// in the local index, read back here. `None`: the entry changed meanwhile.
+fn body_of(
+    store: &Store,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    report: &PutReport,
+) -> Result<Option<Body>> {
+    let codec = codec_of(report.compressed);
+    if !report.inline {
+        return Ok(Some(Body::File(
+            store.blob_store().path_for(&report.hash),
+            codec,
+        )));
     }
+    if let Some(p) = payload {
+        return Ok(Some(Body::Raw(p.to_vec())));
+    }
+    let Some(found) = store.index().lookup(key)? else {
+        return Ok(None);
+    };
+    Ok(found
+        .inline
+        .filter(|_| found.record.hash == report.hash)
+        .map(|stored| Body::Stored(found.record.codec, stored.into_vec())))
 }
 
 /// True for errors that mean the credentials or their rights are wrong.
@@ -286,7 +308,8 @@ impl Shared {
         Ok(None)
     }
 
-    /// The check at open: credentials refused are always an error.
+    /// The check at open: credentials refused and failed TLS handshakes
+    /// are always errors (a wrong configuration, not a Redis that is down).
     fn probe(&self) -> Result<()> {
         match self.pool.run(|c| redis::cmd("PING").query::<String>(c)) {
             Ok(_) => Ok(()),
@@ -297,7 +320,17 @@ impl Shared {
                      in the URL (and the user's ACL rules)"
                 ),
             )),
-            Err(e) => self.failed::<()>(e).map(|_| ()),
+            Err(e) => match pool::tls_failure(&e) {
+                Some(tls) => Err(remote_error(
+                    &self.opts,
+                    format!(
+                        "the TLS handshake failed ({tls}); check the CA file \
+                         (--remote-ca-file), the host name in the URL, and the \
+                         client certificate if Redis requires one"
+                    ),
+                )),
+                None => self.failed::<()>(e).map(|_| ()),
+            },
         }
     }
 
@@ -345,7 +378,7 @@ impl Shared {
             Err(BlobError::Missing) => return Ok(self.miss()),
             Err(BlobError::Io(err)) => return Err(err),
         };
-        let opts = put_options(&e, now);
+        let opts = e.put_options(now);
         match store.put_remote_hit(key, &raw, e.codec, stored, e.hash, &opts) {
             Ok(_) => {
                 bump(&self.counts.hits);
@@ -462,6 +495,7 @@ impl Shared {
                 Some(z) => (Codec::Zstd, z),
                 None => (Codec::Raw, raw),
             })),
+            Body::Stored(codec, stored) => Ok(Some((codec, stored))),
             Body::File(path, codec) => match read_blob_file(&path, self.opts.max_payload) {
                 Ok(stored) => Ok(stored.map(|s| (codec, s))),
                 Err(e) if self.opts.fatal_errors => Err(e),
@@ -519,18 +553,4 @@ fn read_blob_file(path: &std::path::Path, max: u64) -> Result<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     (&file).take(max).read_to_end(&mut out).ctx("read", path)?;
     Ok(Some(out))
-}
-
-/// How a remote hit is stored locally: same metadata, remaining TTL.
-fn put_options(e: &RemoteEntry, now: u64) -> PutOptions {
-    let mut o = PutOptions::new()
-        .ttl(Duration::from_millis(e.expires_at.saturating_sub(now)))
-        .category(Category::parse(&e.category))
-        .headers(e.headers.iter().cloned())
-        .fetched_at(e.fetched_at)
-        .pinned(e.pinned);
-    if let Some(ct) = &e.content_type {
-        o = o.content_type(ct.clone());
-    }
-    o
 }
