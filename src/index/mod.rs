@@ -291,8 +291,10 @@ struct Loaded {
 impl Index {
     /// Opens (or creates) the index in `path`, replays `journal_dir`, and
     /// starts the background flusher. A damaged database is moved aside
-    /// and replaced by an empty one: the returned flag says so, and the
-    /// caller should then rebuild counts (`verify --repair`).
+    /// and replaced by an empty one; the returned flag says so (or that the
+    /// replay skipped a damaged journal frame, whose change the later
+    /// frames' totals still count), and the caller should then rebuild
+    /// counts (`verify --repair`).
     pub fn open(path: &Path, journal_dir: &Path, cfg: &IndexConfig) -> Result<(Arc<Index>, bool)> {
         let (loaded, reset) = match load(path, cfg) {
             Ok(l) => (l, false),
@@ -363,7 +365,7 @@ impl Index {
         crate::fsutil::tighten_tree(path);
         let index = Arc::new(index);
         Index::spawn_flusher(&index, cfg.flush_interval);
-        Ok((index, reset))
+        Ok((index, reset || replay.damaged > 0))
     }
 
     fn spawn_flusher(index: &Arc<Index>, every: Duration) {
@@ -418,9 +420,15 @@ impl Index {
         let mut effects = tx.into_effects();
         let seq = w.totals.state.seq + 1;
         effects.state.seq = seq;
+        let frame = to_cbor(&effects);
+        // Refused before anything is written: a change the journal cannot
+        // hold would be lost (and taken as a torn tail) after a kill.
+        if !crate::journal::fits(frame.len()) {
+            return Err(crate::journal::too_large(frame.len(), &self.t.path));
+        }
         self.t.write(&effects)?;
         w.totals.absorb(&effects);
-        w.journal.append(seq, &to_cbor(&effects))?;
+        w.journal.append(seq, &frame)?;
         if self.sync {
             w.journal.sync()?;
         }
