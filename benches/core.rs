@@ -1,6 +1,6 @@
 //! Quick per-operation costs of the store itself (1 KiB JSON put and get).
 //! The side-by-side comparison with SQLite, cacache and raw sled lives in
-//! `benches/compare.rs`.
+//! `benches/realistic.rs`.
 
 use std::hint::black_box;
 

@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Runs benches/compare.rs (blobcache vs seed-sqlite, cacache and raw sled on
-# the same payloads, in one run) and prints one table: workload, each
-# system's median, blobcache's ratio to seed-sqlite. The table is also saved
-# to target/bench-table.md with the machine and its load.
+# Runs benches/realistic.rs (blobcache against SQLite rowid, SQLite WITHOUT
+# ROWID, cacache and raw sled on the same realistic API-response payloads,
+# in one run) and prints one markdown table with ratios to both SQLite
+# schemas, the machine and its load before and after. The table is saved to
+# target/bench-table-<entries>.md.
 #
-#   scripts/bench-table.sh                       # everything (about 10 minutes)
-#   BENCH_ONLY=single,disk scripts/bench-table.sh  # parts: single mixed disk open dict
-#   BENCH_OPEN_ENTRIES=1000000 scripts/bench-table.sh   # open time at 1M entries
+#   scripts/bench-table.sh                          # 100,000 entries
+#   BENCH_ENTRIES=1000000 scripts/bench-table.sh    # 1M (cacache left out)
+#   BENCH_SYSTEMS=sqlite-rowid,blobcache scripts/bench-table.sh
 #
-# Extra arguments go to criterion (e.g. a filter: `get_hit-1KiB`).
+# Other knobs: BENCH_GETS, BENCH_MIXED_OPS, BENCH_CACACHE_MAX (see the bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=target/bench-table.md
+entries="${BENCH_ENTRIES:-100000}"
+out="target/bench-table-$entries.md"
 mkdir -p target
-machine="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//') x $(nproc) cores, $(uname -sr)"
-load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
-cargo bench --bench compare -- "$@" | tee target/bench-compare.log
-load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+machine="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(uname -sr)"
+load_before="$(uptime)"
+BENCH_ENTRIES="$entries" cargo bench --bench realistic | tee target/bench-realistic.log
+load_after="$(uptime)"
 {
     echo "machine: $machine"
-    echo "load average (1/5/15 min) before: $load_before, after: $load_after"
-    sed -n '/^| workload/,$p' target/bench-compare.log
+    echo
+    echo "uptime before: $load_before"
+    echo
+    echo "uptime after: $load_after"
+    sed -n '/^#### /,$p' target/bench-realistic.log
 } > "$out"
 echo
 cat "$out"

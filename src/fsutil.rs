@@ -106,6 +106,10 @@ pub enum OpenHow {
     CreateNew,
     /// An existing file, write-only.
     Write,
+    /// An existing file, read/write.
+    ReadWriteExisting,
+    /// A new file (failing if it exists), read/write, 0600.
+    ReadWriteNew,
 }
 
 impl OpenHow {
@@ -116,6 +120,8 @@ impl OpenHow {
             OpenHow::Append => OFlags::RDWR | OFlags::APPEND | OFlags::CREATE,
             OpenHow::CreateNew => OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
             OpenHow::Write => OFlags::WRONLY,
+            OpenHow::ReadWriteExisting => OFlags::RDWR,
+            OpenHow::ReadWriteNew => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
         }
     }
 }
@@ -124,9 +130,27 @@ impl OpenHow {
 /// symbolic link at any component below `root`: a link gives `ELOOP`.
 pub fn open_in(root: &Path, path: &Path, how: OpenHow) -> io::Result<File> {
     let (dir, name) = parent_in(root, path)?;
+    open_at(&dir, name, how)
+}
+
+/// Opens file `name` in the open directory `dir` (reached by
+/// [`open_dir_in`] or [`parent_in`]) without following a symbolic link.
+pub fn open_at(dir: &OwnedFd, name: impl AsRef<OsStr>, how: OpenHow) -> io::Result<File> {
     let flags = how.flags() | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(FILE_MODE))?;
+    let mode = Mode::from_raw_mode(FILE_MODE);
+    let fd = rustix::fs::openat(dir, name.as_ref(), flags, mode)?;
     Ok(File::from(fd))
+}
+
+/// Opens directory `path` (inside `root`, or `root` itself) as [`open_in`]
+/// resolves paths, for opening many files in it with [`open_at`].
+pub fn open_dir_in(root: &Path, path: &Path) -> io::Result<OwnedFd> {
+    if path == root {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        return Ok(rustix::fs::open(root, flags, Mode::empty())?);
+    }
+    let (parent, name) = parent_in(root, path)?;
+    open_subdir(&parent, name)
 }
 
 /// The metadata of `path` itself (a symbolic link is described, not
@@ -193,13 +217,7 @@ impl Kind {
 /// does), each as its full path and kind; `.` and `..` are left out.
 pub fn list_in(root: &Path, dir: &Path) -> io::Result<Vec<(std::path::PathBuf, Kind)>> {
     use std::os::unix::ffi::OsStrExt;
-    let fd = if dir == root {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        rustix::fs::open(root, flags, Mode::empty())?
-    } else {
-        let (parent, name) = parent_in(root, dir)?;
-        open_subdir(&parent, name)?
-    };
+    let fd = open_dir_in(root, dir)?;
     let mut out = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;
@@ -221,8 +239,7 @@ pub fn list_in(root: &Path, dir: &Path) -> io::Result<Vec<(std::path::PathBuf, K
 /// fsyncs directory `dir` (inside `root`) so a rename or create in it is
 /// durable.
 pub fn sync_dir_in(root: &Path, dir: &Path) -> io::Result<()> {
-    let (parent, name) = parent_in(root, dir)?;
-    Ok(rustix::fs::fsync(open_subdir(&parent, name)?)?)
+    Ok(rustix::fs::fsync(open_dir_in(root, dir)?)?)
 }
 
 /// Makes sure `path` (inside `root`) is a real directory, creating it 0700

@@ -44,9 +44,11 @@ use crate::testkit::{Rng, json_payload};
 use crate::{Clock, Error, ManualClock, PutOptions, Selector, Store, StoreOptions, VerifyOptions};
 
 mod archive_import;
+mod pack_scan;
 mod wire_decode;
 
 pub use archive_import::{archive_import, archive_import_case, archive_seeds};
+pub use pack_scan::{build_pack, pack_scan};
 pub use wire_decode::{wire_decode, wire_owner, wire_seed};
 
 /// The names of the targets, as used for `fuzz/fuzz_targets/<name>.rs`
@@ -57,6 +59,7 @@ pub const TARGETS: &[&str] = &[
     "store_ops",
     "archive_import",
     "wire_decode",
+    "pack_scan",
 ];
 
 /// Runs the target called `name` on `data`; false when no target has
@@ -68,6 +71,7 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
         "store_ops" => store_ops(data),
         "archive_import" => archive_import(data),
         "wire_decode" => wire_decode(data),
+        "pack_scan" => pack_scan(data),
         _ => return false,
     }
     true

@@ -131,11 +131,6 @@ pub(crate) fn read_frame(r: &mut impl Read) -> std::result::Result<Option<(u64, 
     Ok(Some((f.seq, f.payload.to_vec())))
 }
 
-/// True when a payload of `len` bytes fits in one frame.
-pub(crate) fn fits(len: usize) -> bool {
-    len <= MAX_FRAME
-}
-
 /// The error for an index change too large for one journal frame.
 pub(crate) fn too_large(len: usize, path: &Path) -> Error {
     Error::io(
@@ -288,14 +283,22 @@ impl Journal {
     }
 
     /// Appends one frame with a single write. A payload over
-    /// [`MAX_FRAME`] is refused (callers check first, see [`fits`]).
+    /// [`MAX_FRAME`] is refused, and nothing is written.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
         let Some(bytes) = frame(seq, payload) else {
             return Err(too_large(payload.len(), &self.path));
         };
-        self.file
-            .write_all(&bytes)
-            .ctx("append to journal", &self.path)?;
+        let len = self
+            .file
+            .metadata()
+            .ctx("append to journal", &self.path)?
+            .len();
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A short write (a full disk) would leave a torn frame at the
+            // tail: cut it off.
+            let _ = self.file.set_len(len);
+            return Err(Error::io("append to journal", &self.path, e));
+        }
         self.has_frames = true;
         Ok(())
     }

@@ -41,7 +41,13 @@ mod l1;
 mod layout;
 mod mmap;
 mod options;
+/// Storage core v2 (in progress): pack files and the lean record; not
+/// used by [`Store`] yet.
+#[doc(hidden)]
+pub mod pack;
 mod record;
+mod remote;
+mod reserve;
 mod secrets;
 mod share;
 mod store;
@@ -66,6 +72,7 @@ pub use options::{
     DEFAULT_INLINE_THRESHOLD, DEFAULT_STALE_IF_ERROR, Durability, MAX_INLINE_THRESHOLD, PutOptions,
     Sharing, StoreOptions,
 };
+pub use remote::{DEFAULT_REMOTE_PREFIX, RemoteOptions, RemoteState, RemoteStats};
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };

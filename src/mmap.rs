@@ -21,3 +21,19 @@ pub(crate) fn map_blob(file: &File) -> io::Result<Mmap> {
         Mmap::map(file)
     }
 }
+
+/// Maps a pack file read-only.
+pub(crate) fn map_pack(file: &File) -> io::Result<Mmap> {
+    // SAFETY: the same contract as for blob files. Packs are append-only:
+    // a byte, once written before the pack's valid tail, is never written
+    // again; a writer only appends past the end, which a map made earlier
+    // does not cover. Recovery truncates only a torn tail of a sealed pack,
+    // bytes past every valid needle, which no reader is ever pointed at;
+    // GC removes whole packs (unlink leaves existing maps intact). Readers
+    // only touch the byte range of a located needle after checking it lies
+    // inside the map, and verify checksum and hash before using a byte.
+    #[allow(unsafe_code)]
+    unsafe {
+        Mmap::map(file)
+    }
+}

@@ -70,6 +70,7 @@ pub struct StoreOptions {
     pub(crate) track_access: bool,
     pub(crate) memory_tier: u64,
     pub(crate) memory_tier_max_staleness: Duration,
+    pub(crate) remote: Option<crate::remote::RemoteOptions>,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -105,6 +106,7 @@ impl Default for StoreOptions {
             track_access: true,
             memory_tier: 0,
             memory_tier_max_staleness: Duration::from_secs(1),
+            remote: None,
         }
     }
 }
@@ -253,6 +255,17 @@ impl StoreOptions {
     /// process goes unseen (default 1 s; the entry's TTL applies as well).
     pub fn memory_tier_max_staleness(mut self, max: Duration) -> Self {
         self.memory_tier_max_staleness = max;
+        self
+    }
+
+    /// Puts a shared remote tier (a Redis server) behind this cache: a
+    /// local miss reads through it, a put writes through to it. See
+    /// [`crate::RemoteOptions`] and the README's remote-tier section.
+    /// Opening fails with [`crate::Error::Remote`] when the URL is not
+    /// usable or Redis refuses the credentials; a Redis that is down only
+    /// leaves the tier skipped. Default: none.
+    pub fn remote(mut self, remote: crate::remote::RemoteOptions) -> Self {
+        self.remote = Some(remote);
         self
     }
 

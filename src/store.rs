@@ -16,6 +16,7 @@ use crate::l1::MemoryTier;
 use crate::layout::Layout;
 use crate::options::{Durability, PutOptions, StoreOptions};
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
+use crate::reserve::{self, Reserve, Writable};
 use crate::share::Share;
 use crate::verify::{VerifyOptions, VerifyReport};
 
@@ -81,6 +82,8 @@ pub(crate) struct Inner {
     flights: crate::fetch::Flights,
     sweeper: crate::gc::Sweeper,
     l1: Option<MemoryTier>,
+    writable: Writable,
+    remote: crate::remote::Remote,
 }
 
 /// What a put stored.
@@ -269,6 +272,9 @@ pub struct Stats {
     pub index_resets: u64,
     /// Per-backend counts, sorted by name.
     pub backends: Vec<BackendStats>,
+    /// The remote tier's state and figures (counted by this process since
+    /// it opened the store), when one is configured.
+    pub remote: Option<crate::remote::RemoteStats>,
 }
 
 impl Stats {
@@ -336,7 +342,8 @@ impl Store {
             flush_interval: opts.flush_interval,
             sync,
         };
-        let (share, reset) = Share::open(layout.clone(), cfg, opts.sharing, opts.owner_timeout)?;
+        let remote = crate::remote::Remote::open(opts.remote.as_ref(), &opts)?;
+        let (share, reset, writable) = open_share(&layout, cfg, &opts)?;
         let l1 = MemoryTier::new(opts.memory_tier, opts.memory_tier_max_staleness);
         let store = Store {
             inner: Arc::new(Inner {
@@ -347,6 +354,8 @@ impl Store {
                 flights: Default::default(),
                 sweeper: crate::gc::Sweeper::default(),
                 l1,
+                writable,
+                remote,
             }),
         };
         if reset {
@@ -357,6 +366,20 @@ impl Store {
         store.inner.share.start(Arc::downgrade(&store.inner))?;
         crate::gc::start_background(&store);
         Ok(store)
+    }
+
+    /// Why this store cannot change the cache (a read-only filesystem, or
+    /// a full disk with no reserve left), or `None` when it can. A
+    /// read-only store serves gets, lists, stats and verify from a private
+    /// copy of the index; every change fails with [`Error::ReadOnly`].
+    pub fn read_only(&self) -> Option<&str> {
+        self.inner.writable.read_only()
+    }
+
+    /// Fails with [`Error::ReadOnly`] when this store cannot change the
+    /// cache.
+    pub(crate) fn check_write(&self) -> Result<()> {
+        self.inner.writable.check_write(&self.inner.layout.root)
     }
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Store {
@@ -420,6 +443,7 @@ impl Store {
         payload: Option<&[u8]>,
         opts: &PutOptions,
     ) -> Result<()> {
+        self.inner.writable.check_put(&self.inner.layout.root)?;
         let o = &self.inner.opts;
         o.secrets
             .check_put(backend, signature, key, payload, opts, &o.drop_headers)
@@ -431,7 +455,30 @@ impl Store {
             encoded: None,
         };
         let (hash, raw_size) = (BlobHash::of(payload), payload.len() as u64);
-        self.commit_put(key, source, hash, raw_size, opts)
+        let report = self.commit_put(key, source, hash, raw_size, opts)?;
+        let remote = &self.inner.remote;
+        remote.after_put(self, key, Some(payload), &report, opts)?;
+        Ok(report)
+    }
+
+    /// Stores an entry read from the remote tier, already verified against
+    /// `hash`, with its stored bytes as they came (not sent back there).
+    pub(crate) fn put_remote_hit(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        codec: Codec,
+        stored: Vec<u8>,
+        hash: BlobHash,
+        opts: &PutOptions,
+    ) -> Result<PutReport> {
+        let (backend, signature) = key::decode(key).unwrap_or_default();
+        self.guard_put(&backend, &signature, key, Some(payload), opts)?;
+        let source = Source::Bytes {
+            payload,
+            encoded: Some((codec, stored)),
+        };
+        self.commit_put(key, source, hash, payload.len() as u64, opts)
     }
 
     /// Stores a payload read from `src`, in bounded memory: payloads over a
@@ -471,7 +518,10 @@ impl Store {
                 StreamError::Store(e) => e,
             })?;
         let (hash, raw) = (staged.written.hash, staged.written.raw_size);
-        self.commit_put(&key, Source::Staged(staged), hash, raw, opts)
+        let report = self.commit_put(&key, Source::Staged(staged), hash, raw, opts)?;
+        let remote = &self.inner.remote;
+        remote.after_put(self, &key, None, &report, opts)?;
+        Ok(report)
     }
 
     /// Gets the blob into place and inserts the record, retrying while the
@@ -720,7 +770,11 @@ impl Store {
         now: u64,
         allow_stale: bool,
     ) -> Result<Option<(Lookup, bool)>> {
-        let found = self.inner.share.lookup(key)?;
+        let mut found = self.inner.share.lookup(key)?;
+        let expired = |l: &Lookup| now >= l.record.expires_at;
+        if found.as_ref().is_none_or(expired) && self.inner.remote.fill(self, key, now)? {
+            found = self.inner.share.lookup(key)?;
+        }
         let Some(lookup) = found else {
             self.count(|c| c.misses = 1);
             return Ok(None);
@@ -873,6 +927,7 @@ impl Store {
     /// other entry uses it (files are reclaimed by GC).
     pub fn delete(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
         let key = key::encode(backend, signature.as_ref())?;
+        self.inner.remote.after_delete(&key, true)?;
         let op = Op::Delete {
             key: ByteBuf::from(key),
             hash: None,
@@ -928,6 +983,7 @@ impl Store {
         mut progress: impl FnMut(u64),
     ) -> Result<u64> {
         let prefix = selector.key_prefix()?;
+        self.inner.remote.after_delete(&prefix, false)?;
         let mut removed = 0;
         loop {
             let page = self.inner.share.scan(&prefix, None, PAGE)?;
@@ -991,12 +1047,16 @@ impl Store {
             corrupt: c.corrupt,
             index_resets: c.index_resets,
             backends,
+            remote: self.inner.remote.stats(),
         })
     }
 
     /// Makes everything written so far durable in the index now (it
-    /// otherwise happens every flush interval and on close).
+    /// otherwise happens every flush interval and on close). With a remote
+    /// tier writing in the background, first waits (a few seconds at most)
+    /// until the queued writes are sent.
     pub fn flush(&self) -> Result<()> {
+        self.inner.remote.drain();
         self.inner.share.checkpoint()
     }
 
@@ -1020,11 +1080,28 @@ impl Store {
     /// Applies `op` to the index, then drops what it changed from the
     /// memory tier. Every index change goes through here.
     pub(crate) fn apply(&self, op: &Op) -> Result<Outcome> {
-        let outcome = self.inner.share.apply(op);
+        let outcome = self.apply_index(op);
         if let Some(t) = &self.inner.l1 {
             t.invalidate(op);
         }
         outcome
+    }
+
+    /// Applies `op` to the index (here or in the owner). A change that
+    /// frees space and fails on a full disk releases the space reserve and
+    /// is tried again.
+    pub(crate) fn apply_index(&self, op: &Op) -> Result<Outcome> {
+        let outcome = self.inner.share.apply(op);
+        match &outcome {
+            Err(e)
+                if reserve::is_disk_full(e)
+                    && op.frees_space()
+                    && self.inner.writable.release_reserve(&self.inner.layout.root) =>
+            {
+                self.inner.share.apply(op)
+            }
+            _ => outcome,
+        }
     }
 
     pub(crate) fn index(&self) -> &Share {
@@ -1120,6 +1197,82 @@ impl Iterator for Entries {
                 return None;
             }
             self.page = page.into_iter();
+        }
+    }
+}
+
+/// Opens the index as owner or guest; on a full disk releases the space
+/// reserve and tries again; on a read-only (or still full) disk opens a
+/// private read-only copy instead (DESIGN.md §3, invariant 7).
+fn open_share(
+    layout: &Layout,
+    cfg: IndexConfig,
+    opts: &StoreOptions,
+) -> Result<(Share, bool, Writable)> {
+    let reserve = Reserve::new(&layout.root, &layout.locks, &layout.tmp);
+    let open = || {
+        Share::open(
+            layout.clone(),
+            cfg.clone(),
+            opts.sharing,
+            opts.owner_timeout,
+        )
+    };
+    let mut err = match open() {
+        Ok((share, reset)) => {
+            let low_space = !hold_reserve(&reserve, layout);
+            return Ok((share, reset, Writable::new(reserve, None, low_space)));
+        }
+        Err(e) => e,
+    };
+    if reserve::is_disk_full(&err) && reserve.release() {
+        reserve::warn_released(&layout.root);
+        match open() {
+            Ok((share, reset)) => return Ok((share, reset, Writable::new(reserve, None, true))),
+            Err(e) => err = e,
+        }
+    }
+    let reason = if reserve::is_disk_full(&err) {
+        "the disk is full and its space reserve is used up"
+    } else if reserve::is_read_only(&err) {
+        "its filesystem cannot be written"
+    } else {
+        return Err(err);
+    };
+    log::debug!(
+        "opening {} for writing failed: {err}",
+        layout.root.display()
+    );
+    log::warn!(
+        "cache {} is read-only ({reason}): reads are served from a private copy of its \
+         index, changes are refused",
+        layout.root.display()
+    );
+    let (share, reset) = Share::open_copy(layout.clone(), cfg, reason)?;
+    Ok((
+        share,
+        reset,
+        Writable::new(reserve, Some(reason.into()), false),
+    ))
+}
+
+/// Makes sure the space reserve is allocated; false when the disk is too
+/// full for it (puts then wait until it is).
+fn hold_reserve(reserve: &Reserve, layout: &Layout) -> bool {
+    match reserve.restore() {
+        Ok(true) => true,
+        Ok(false) => {
+            log::warn!(
+                "the disk holding cache {} is nearly full: puts are refused until space is freed",
+                layout.root.display()
+            );
+            false
+        }
+        Err(e) => {
+            // Not a full disk (e.g. an odd filesystem): the cache works
+            // without a reserve.
+            log::debug!("no space reserve for {}: {e}", layout.root.display());
+            true
         }
     }
 }

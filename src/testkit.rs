@@ -99,6 +99,24 @@ pub fn json_payload(seed: u64, size: usize) -> Vec<u8> {
     b
 }
 
+/// Size of the `seed`-th payload of a realistic API-response mix:
+/// 92 % single records of 300 B–1.3 KiB, 6 % list pages of 2–6 KiB, 2 %
+/// search pages of 6–20 KiB (mean about 1.2 KiB, never one fixed size).
+pub fn api_payload_size(seed: u64) -> usize {
+    let mut rng = Rng::new(seed ^ 0x5151_0000);
+    let (lo, hi) = match rng.below(100) {
+        0..92 => (300, 1_300),
+        92..98 => (2_048, 6_144),
+        _ => (6_144, 20_480),
+    };
+    (lo + rng.below(hi - lo)) as usize
+}
+
+/// The `seed`-th payload of that mix: JSON of [`api_payload_size`] bytes.
+pub fn api_payload(seed: u64) -> Vec<u8> {
+    json_payload(seed, api_payload_size(seed))
+}
+
 /// A reader producing `len` deterministic, moderately compressible bytes
 /// (64 KiB blocks, half random, half a repeated phrase) without holding
 /// them in memory: a stand-in for a multi-GB dataset dump.
@@ -167,4 +185,112 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+mod responses;
+pub use responses::{ApiResponse, ResponseKind, api_key, api_response};
+
+/// A throwaway `redis-server` for tests and benchmarks: it listens only on
+/// a Unix socket in the directory given (no TCP port), keeps nothing on
+/// disk (`save ""`, no append-only file), and is killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a server in `dir` (which must exist), optionally requiring
+    /// `password` for the default user. Fails with a clear message when
+    /// `redis-server` is not installed.
+    pub fn start(dir: &Path, password: Option<&str>) -> std::io::Result<RedisServer> {
+        let mut s = RedisServer {
+            child: None,
+            dir: dir.to_path_buf(),
+            password: password.map(str::to_string),
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// The socket the server listens on.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// A `unix://` URL of the server, with the password when one is set.
+    pub fn url(&self) -> String {
+        let base = format!("unix://{}", self.socket().display());
+        match &self.password {
+            Some(p) => format!("{base}?pass={p}"),
+            None => base,
+        }
+    }
+
+    /// Kills the server (`SIGKILL`) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again, empty, on the
+    /// same socket; returns once it answers.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        let _ = std::fs::remove_file(self.socket());
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start redis-server ({e}): install it (Debian: apt-get install \
+                     redis-server; .ci/run does this)"
+                ),
+            )
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> std::io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Err(std::io::Error::other(format!(
+                    "redis-server exited at start ({status}); see {}",
+                    self.dir.join("redis.log").display()
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(std::io::Error::other(
+            "redis-server did not start within 10 s",
+        ))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -94,6 +94,11 @@ fn corpus_wire_decode() {
     replay("wire_decode");
 }
 
+#[test]
+fn corpus_pack_scan() {
+    replay("pack_scan");
+}
+
 /// The wire corpus sent to a live owner, which must keep serving.
 #[test]
 fn corpus_wire_owner() {
@@ -270,6 +275,32 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cases(1500))]
+
+    /// Packs built from the input and damaged, real packs given as file
+    /// bytes (intact or damaged), and noise.
+    #[test]
+    fn generated_pack_scan(
+        mode in any::<u8>(),
+        spec in proptest::collection::vec(any::<u8>(), 0..34),
+        ops in proptest::collection::vec(any::<u8>(), 0..24),
+        flips in flips(),
+        keep in proptest::option::of(0u16..=1000),
+        raw in any::<bool>(),
+    ) {
+        let mut data = vec![mode | 1];
+        data.extend_from_slice(&spec);
+        data.extend_from_slice(&ops);
+        if raw {
+            let (pack, _, _) = fuzzing::build_pack(&spec);
+            data = vec![mode & !1];
+            data.extend_from_slice(&damage(pack, &flips, keep));
+        }
+        fuzzing::pack_scan(&data);
+    }
+}
+
 // ---------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------
@@ -389,6 +420,32 @@ fn write_seeds() {
     );
     write_seed("wire_decode", "huge-length", b"\xff\xff\xff\x7f\xa0");
     write_seed("wire_decode", "over-max-frame", b"\x01\x00\x00\x04\xa0");
+
+    // pack_scan: built packs (mode odd) with damage, real pack bytes (mode even).
+    let spec: Vec<u8> = vec![6, 1, 40, 2, 10, 3, 90, 4, 0, 5, 200, 7, 30];
+    let seed_with = |name: &str, mode: u8, tail: &[u8]| {
+        let mut d = vec![mode];
+        d.extend_from_slice(&spec);
+        d.extend_from_slice(tail);
+        write_seed("pack_scan", name, &d);
+    };
+    seed_with("built-intact", 1, &[]);
+    seed_with("built-two-flips", 1, &[10, 0, 1, 200, 1, 0x80]);
+    seed_with("built-truncated", 3, &[0, 0, 0, 140]);
+    seed_with("built-header-flip", 1, &[1, 0, 0xff]);
+    let (pack, _, _) = fuzzing::build_pack(&spec);
+    for (name, bytes) in [
+        ("file-intact", pack.clone()),
+        ("file-torn-tail", pack[..pack.len() - 25].to_vec()),
+        ("file-header-only", pack[..16].to_vec()),
+        ("file-short", pack[..9].to_vec()),
+        ("file-no-header", pack[16..].to_vec()),
+    ] {
+        let mut d = vec![0u8];
+        d.extend_from_slice(&bytes);
+        write_seed("pack_scan", name, &d);
+    }
+    write_seed("pack_scan", "empty", b"");
 
     // store_ops: random byte strings of a few lengths.
     for (i, len) in [16usize, 64, 200, 400, 800].into_iter().enumerate() {

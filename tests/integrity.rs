@@ -4,54 +4,12 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::thread;
-
 use std::time::Duration;
 
 use blobcache::{PutOptions, Store, StoreOptions};
 use common::*;
-
-/// Runs the CLI on `dir` with `args`, feeding `stdin` from a thread.
-fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = cli(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited, not killed")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn run_code(dir: &Path, args: &[&str], stdin: &[u8], want: i32) -> Output {
-    let o = run(dir, args, stdin);
-    assert_eq!(
-        code(&o),
-        want,
-        "blobcache {args:?}: stdout {} bytes, stderr {:?}",
-        o.stdout.len(),
-        stderr(&o)
-    );
-    o
-}
 
 fn random(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -322,10 +322,7 @@ fn corrupt_blob_is_a_miss_before_any_byte_is_streamed() {
         store.get_reader("b", "k").unwrap().is_none(),
         "a damaged blob is a miss: no stream, so no unverified byte"
     );
-    assert!(
-        store.meta("b", "k").unwrap().is_none(),
-        "entry dropped"
-    );
+    assert!(store.meta("b", "k").unwrap().is_none(), "entry dropped");
     assert_eq!(store.stats().unwrap().corrupt, 1);
 }
 

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use blobcache::{Error, Problem, VerifyOptions, VerifyReport};
+use blobcache::{Error, Problem, RemoteState, VerifyOptions, VerifyReport};
 use clap::Args;
 use serde::Serialize;
 
 use super::output::{self, Out};
 use super::progress::Progress;
+use super::stats::RemoteJson;
 use super::{Ctx, Status};
 
 const HEALTH_EXAMPLES: &str = "\
@@ -76,6 +77,9 @@ struct HealthJson<'a> {
     entries: u64,
     problems: Vec<ProblemJson<'a>>,
     warnings: Vec<String>,
+    /// The remote tier, when `--remote` is given (its state does not make
+    /// the local cache unhealthy; a down tier is a warning).
+    remote: Option<RemoteJson>,
 }
 
 #[derive(Serialize)]
@@ -91,11 +95,13 @@ struct VerifyJson<'a> {
 /// Runs `health`.
 pub fn health(_: HealthArgs, ctx: &Ctx) -> Result<Status, Error> {
     let store = ctx.open_existing()?;
-    let (report, warnings) = match &store {
-        None => (VerifyReport::default(), Vec::new()),
+    let (report, warnings, remote) = match &store {
+        None => (VerifyReport::default(), Vec::new(), None),
         Some(store) => {
             let report = store.verify(VerifyOptions::new())?;
-            (report, warnings(&store.stats()?))
+            let stats = store.stats()?;
+            let remote = stats.remote.as_ref().map(RemoteJson::of);
+            (report, warnings(&stats), remote)
         }
     };
     let healthy = report.is_clean();
@@ -108,6 +114,7 @@ pub fn health(_: HealthArgs, ctx: &Ctx) -> Result<Status, Error> {
             entries: report.entries,
             problems: problems_json(&report.problems),
             warnings,
+            remote,
         })?;
     } else {
         let state = match (store.is_some(), healthy) {
@@ -122,6 +129,9 @@ pub fn health(_: HealthArgs, ctx: &Ctx) -> Result<Status, Error> {
         print_problems(&mut out, &report.problems)?;
         for w in &warnings {
             out.line(format_args!("warning: {w}"))?;
+        }
+        if let Some(r) = &remote {
+            out.line(format_args!("remote: {}", r.line()))?;
         }
     }
     out.flush()?;
@@ -138,6 +148,16 @@ fn warnings(stats: &blobcache::Stats) -> Vec<String> {
         w.push(format!(
             "{} dropped because their blob was missing or damaged (check the disk)",
             output::entries(stats.corrupt)
+        ));
+    }
+    if let Some(r) = stats
+        .remote
+        .as_ref()
+        .filter(|r| r.state == RemoteState::Down)
+    {
+        w.push(format!(
+            "the remote tier {} is down (working locally; see -v for its error)",
+            r.url
         ));
     }
     if stats.index_resets > 0 {

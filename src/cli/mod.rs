@@ -22,7 +22,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blobcache::{Error, Store, StoreOptions};
+use blobcache::{DEFAULT_REMOTE_PREFIX, Error, RemoteOptions, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
 /// What a command that did not fail reports through the exit code.
@@ -87,6 +87,34 @@ pub struct Cli {
         value_parser = humantime::parse_duration
     )]
     owner_timeout: std::time::Duration,
+
+    /// A shared remote tier behind the cache: a Redis URL
+    /// (redis://[user:password@]host[:port][/db] or
+    /// unix:///path/redis.sock[?pass=...]). A local miss reads through it,
+    /// a put writes through to it; a Redis that is down is skipped.
+    #[arg(long, global = true, env = "BLOBCACHE_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+
+    /// Prefix of the remote tier's keys in Redis (one namespace per team
+    /// or project).
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_PREFIX",
+        value_name = "PREFIX",
+        default_value = DEFAULT_REMOTE_PREFIX
+    )]
+    remote_prefix: String,
+
+    /// Read through the remote tier but never write or delete anything
+    /// there (for untrusted jobs, such as pull-request CI).
+    #[arg(long, global = true, env = "BLOBCACHE_REMOTE_READ_ONLY")]
+    remote_read_only: bool,
+
+    /// Make rm and clear remove the entries from the remote tier as well
+    /// (by default they touch the local cache only).
+    #[arg(long, global = true)]
+    remote_delete: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -155,21 +183,25 @@ pub struct Ctx {
     pub quiet: bool,
     /// `--owner-timeout`.
     pub owner_timeout: std::time::Duration,
+    /// `--remote` and its companions.
+    pub remote: Option<RemoteOptions>,
 }
 
 impl Ctx {
     /// Opens the cache, creating it when missing.
     pub fn open(&self) -> Result<Store, Error> {
-        Store::open(
-            &self.dir,
-            StoreOptions::default().owner_timeout(self.owner_timeout),
-        )
+        let mut opts = StoreOptions::default().owner_timeout(self.owner_timeout);
+        if let Some(r) = &self.remote {
+            opts = opts.remote(r.clone());
+        }
+        Store::open(&self.dir, opts)
     }
 
     /// Opens the cache if its directory exists; `None` means there is no
-    /// cache yet, which read-only commands treat as empty.
+    /// cache yet, which read-only commands treat as empty. With a remote
+    /// tier the cache is created, so that remote hits can be kept.
     pub fn open_existing(&self) -> Result<Option<Store>, Error> {
-        if !self.dir.exists() {
+        if !self.dir.exists() && self.remote.is_none() {
             log::info!("{} does not exist: no cache yet", self.dir.display());
             return Ok(None);
         }
@@ -215,12 +247,14 @@ fn init_logging(cli: &Cli) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    let remote = remote_options(&cli);
     let result = default_dir_or(cli.dir).and_then(|dir| {
         let ctx = Ctx {
             dir,
             json: cli.json,
             quiet: cli.quiet,
             owner_timeout: cli.owner_timeout,
+            remote,
         };
         cli.command.run(&ctx)
     });
@@ -235,6 +269,19 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The remote tier the flags ask for. A CLI call is short-lived, so its
+/// writes are sent before it exits (synchronously).
+fn remote_options(cli: &Cli) -> Option<RemoteOptions> {
+    let url = cli.remote.as_ref().filter(|u| !u.is_empty())?;
+    Some(
+        RemoteOptions::new(url)
+            .prefix(&cli.remote_prefix)
+            .read_only(cli.remote_read_only)
+            .delete_remote(cli.remote_delete)
+            .sync_writes(true),
+    )
 }
 
 fn default_dir_or(dir: Option<PathBuf>) -> Result<PathBuf, Error> {

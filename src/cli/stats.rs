@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use blobcache::{BlobHash, Error, Selector, Stats, Store};
+use blobcache::{BlobHash, Error, RemoteStats, Selector, Stats, Store};
 use clap::Args;
 use serde::Serialize;
 
@@ -61,6 +61,58 @@ struct StatsJson {
     corrupt_dropped: u64,
     index_resets: u64,
     backends: Vec<BackendJson>,
+    /// The remote tier, when `--remote` is given.
+    remote: Option<RemoteJson>,
+}
+
+/// The remote tier's figures (JSON `remote`), counted by this call.
+#[derive(Serialize)]
+pub struct RemoteJson {
+    url: String,
+    prefix: String,
+    state: &'static str,
+    read_only: bool,
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    corrupt: u64,
+    writes: u64,
+    skipped: u64,
+    latency_us: u64,
+}
+
+impl RemoteJson {
+    /// The JSON view of `r`.
+    pub fn of(r: &RemoteStats) -> RemoteJson {
+        RemoteJson {
+            url: r.url.clone(),
+            prefix: r.prefix.clone(),
+            state: r.state.as_str(),
+            read_only: r.read_only,
+            hits: r.hits,
+            misses: r.misses,
+            errors: r.errors,
+            corrupt: r.corrupt,
+            writes: r.writes,
+            skipped: r.skipped,
+            latency_us: r.latency_us,
+        }
+    }
+
+    /// One line for humans.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}{} ({} hits, {} misses, {} errors, {} refused as corrupt; mean latency {} us)",
+            self.url,
+            self.state,
+            if self.read_only { ", read-only" } else { "" },
+            self.hits,
+            self.misses,
+            self.errors,
+            self.corrupt,
+            self.latency_us
+        )
+    }
 }
 
 fn div(num: u64, den: u64) -> Option<f64> {
@@ -104,6 +156,7 @@ fn fill_totals(s: &mut StatsJson, t: &Stats) {
     s.puts = t.puts;
     s.corrupt_dropped = t.corrupt;
     s.index_resets = t.index_resets;
+    s.remote = t.remote.as_ref().map(RemoteJson::of);
     s.backends = t
         .backends
         .iter()
@@ -200,6 +253,9 @@ fn human(out: &mut Out, s: &StatsJson) -> Result<(), Error> {
     ];
     for (name, value) in rows {
         out.line(format_args!("{name:<10}{value}"))?;
+    }
+    if let Some(r) = &s.remote {
+        out.line(format_args!("{:<10}{}", "remote", r.line()))?;
     }
     if s.backends.is_empty() {
         return Ok(());

@@ -1,0 +1,491 @@
+//! The remote tier against a real `redis-server` (started per test on a
+//! Unix socket in a temp dir, persistence off, killed on drop): two cache
+//! directories as two machines, TTLs on the Redis side, Redis killed and
+//! restarted under load, tampered values, credentials, read-only mode.
+//! Without `redis-server` on PATH these tests fail, saying so.
+
+#![cfg(feature = "redis")]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use blobcache::testkit::{RedisServer, Rng, json_payload};
+use blobcache::{
+    Category, Error, PutOptions, RemoteOptions, RemoteState, Selector, Store, StoreOptions,
+};
+
+fn server(dir: &Path) -> RedisServer {
+    RedisServer::start(dir, None).expect("redis-server is required for these tests")
+}
+
+fn redis_con(s: &RedisServer) -> redis::Connection {
+    redis::Client::open(s.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the test redis-server")
+}
+
+fn dbsize(s: &RedisServer) -> u64 {
+    redis::cmd("DBSIZE")
+        .query(&mut redis_con(s))
+        .expect("DBSIZE")
+}
+
+fn keys(s: &RedisServer, pattern: &str) -> Vec<Vec<u8>> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query(&mut redis_con(s))
+        .expect("KEYS")
+}
+
+/// A store in `dir` whose remote tier is `remote`.
+fn open(dir: &Path, remote: RemoteOptions) -> Store {
+    Store::open(dir, StoreOptions::default().remote(remote)).expect("open with a remote tier")
+}
+
+fn remote_stats(store: &Store) -> blobcache::RemoteStats {
+    store
+        .stats()
+        .expect("stats")
+        .remote
+        .expect("remote figures")
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+#[test]
+fn two_directories_share_entries_through_one_redis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let a = open(&tmp.path().join("a"), RemoteOptions::new(srv.url()));
+    let b = open(&tmp.path().join("b"), RemoteOptions::new(srv.url()));
+
+    let small = json_payload(1, 1024);
+    let large = random(2, 200_000); // incompressible: a blob kept apart
+    let opts = PutOptions::new()
+        .category(Category::List)
+        .ttl(Duration::from_secs(600))
+        .content_type("application/json")
+        .header("ETag", "\"v1\"")
+        .header("Authorization", "Bearer never-stored")
+        .fetched_at(1_700_000_000_000);
+    let put_small = a.put("tmdb", "movie/603", &small, &opts).unwrap();
+    a.put("tmdb", "dump/1", &large, &opts).unwrap();
+    a.put("tmdb", "dump/2", &large, &opts).unwrap(); // same blob, another key
+    a.flush().unwrap(); // background writes reach Redis
+    let ra = remote_stats(&a);
+    assert_eq!((ra.writes, ra.deduplicated, ra.errors), (3, 1, 0), "{ra:?}");
+    assert_eq!(
+        keys(&srv, "blobcache:b:*").len(),
+        1,
+        "one blob for two entries"
+    );
+    assert_eq!(keys(&srv, "blobcache:e:*").len(), 3);
+
+    // B misses locally, hits remotely, and keeps the entry.
+    assert!(!b.contains("tmdb", "movie/603").unwrap());
+    let hit = b.get("tmdb", "movie/603").unwrap().expect("remote hit");
+    assert_eq!(hit.data, small);
+    assert_eq!(hit.meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        hit.meta.headers,
+        vec![("ETag".to_string(), "\"v1\"".to_string())]
+    );
+    assert_eq!(hit.meta.category, Category::List);
+    assert_eq!(hit.meta.fetched_at, 1_700_000_000_000);
+    let drift = hit.meta.expires_at.abs_diff(put_small.expires_at);
+    assert!(drift < 1000, "remaining TTL kept (off by {drift} ms)");
+    let mut streamed = Vec::new();
+    let mut reader = b
+        .get_reader("tmdb", "dump/2")
+        .unwrap()
+        .expect("remote hit, streamed");
+    std::io::Read::read_to_end(&mut reader, &mut streamed).unwrap();
+    assert_eq!(streamed, large);
+    assert_eq!(remote_stats(&b).hits, 2);
+
+    // Now local: served without asking Redis, even once Redis is gone.
+    drop(srv);
+    assert!(b.contains("tmdb", "movie/603").unwrap());
+    assert_eq!(b.get("tmdb", "movie/603").unwrap().unwrap().data, small);
+    assert_eq!(b.get("tmdb", "dump/2").unwrap().unwrap().data, large);
+    let rb = remote_stats(&b);
+    assert_eq!((rb.hits, rb.misses, rb.corrupt), (2, 0, 0), "{rb:?}");
+    // A key nobody has: a miss everywhere.
+    assert!(b.get("tmdb", "movie/1").unwrap().is_none());
+}
+
+#[test]
+fn entries_expire_on_the_redis_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let sync = RemoteOptions::new(srv.url()).sync_writes(true);
+    let a = open(&tmp.path().join("a"), sync.clone());
+    let b = open(&tmp.path().join("b"), sync);
+    let ttl = PutOptions::new().ttl(Duration::from_millis(800));
+    a.put("anilist", "short", &random(3, 100_000), &ttl)
+        .unwrap();
+    a.put(
+        "anilist",
+        "long",
+        b"{}",
+        &PutOptions::new().ttl(Duration::from_secs(600)),
+    )
+    .unwrap();
+    let mut con = redis_con(&srv);
+    let entry = b"blobcache:e:\x07anilistshort".to_vec();
+    let pttl: i64 = redis::cmd("PTTL").arg(&entry).query(&mut con).unwrap();
+    assert!((1..=800).contains(&pttl), "Redis expiry is the TTL: {pttl}");
+    let blob = keys(&srv, "blobcache:b:*");
+    assert_eq!(blob.len(), 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&entry)
+        .arg(&blob[0])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(left, 0, "Redis dropped the entry and its blob");
+    assert!(b.get("anilist", "short").unwrap().is_none());
+    assert!(b.get("anilist", "long").unwrap().is_some());
+    let rb = remote_stats(&b);
+    assert_eq!((rb.hits, rb.misses), (1, 1), "{rb:?}");
+}
+
+#[test]
+fn redis_killed_mid_load_then_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut srv = server(tmp.path());
+    let remote = RemoteOptions::new(srv.url())
+        .timeout(Duration::from_millis(200))
+        .retry_interval(Duration::from_millis(300));
+    let a = open(&tmp.path().join("a"), remote.clone());
+    let killed = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (a, killed) = (a.clone(), killed.clone());
+            std::thread::spawn(move || {
+                let mut after_kill = 0;
+                for i in 0..20_000u64 {
+                    if killed.load(Ordering::SeqCst) {
+                        after_kill += 1;
+                    }
+                    if after_kill > 200 {
+                        return i;
+                    }
+                    let sig = format!("w{w}/{i}");
+                    let body = json_payload(w * 1000 + i, 200 + (i as usize % 5) * 7000);
+                    a.put("load", &sig, &body, &PutOptions::new())
+                        .expect("put never fails");
+                    let got = a
+                        .get("load", &sig)
+                        .expect("get never fails")
+                        .expect("own put");
+                    assert_eq!(got.data, body, "nothing wrong served");
+                    // Read-through of keys nobody wrote goes to Redis too.
+                    assert!(a.get("load", format!("absent/{w}/{i}")).unwrap().is_none());
+                }
+                panic!("the load never saw the kill");
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    srv.kill();
+    killed.store(true, Ordering::SeqCst);
+    let done: Vec<u64> = workers
+        .into_iter()
+        .map(|w| w.join().expect("worker"))
+        .collect();
+    let down = remote_stats(&a);
+    assert!(down.errors >= 1 && down.writes > 0, "{down:?}");
+    for (w, &n) in (0..2u64).zip(&done) {
+        for i in (0..n).step_by(37) {
+            let body = json_payload(w * 1000 + i, 200 + (i as usize % 5) * 7000);
+            assert_eq!(
+                a.get("load", format!("w{w}/{i}")).unwrap().unwrap().data,
+                body
+            );
+        }
+    }
+
+    srv.restart().unwrap();
+    std::thread::sleep(Duration::from_millis(400)); // past the retry interval
+    let sync = remote.sync_writes(true);
+    let c = open(&tmp.path().join("c"), sync.clone());
+    // A put in the first store resumes writing once a request probes Redis.
+    let mut resumed = false;
+    for i in 0..50 {
+        a.put(
+            "after",
+            format!("k{i}"),
+            b"{\"back\":true}",
+            &PutOptions::new(),
+        )
+        .unwrap();
+        a.flush().unwrap();
+        if remote_stats(&a).state == RemoteState::Up && dbsize(&srv) > 0 {
+            resumed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(resumed, "the tier came back: {:?}", remote_stats(&a));
+    c.put("after", "from-c", b"{\"c\":1}", &PutOptions::new())
+        .unwrap();
+    assert_eq!(
+        a.get("after", "from-c").unwrap().unwrap().data,
+        b"{\"c\":1}",
+        "read-through works again"
+    );
+    assert!(remote_stats(&a).hits >= 1);
+}
+
+#[test]
+fn a_tampered_remote_value_is_detected_and_never_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let sync = RemoteOptions::new(srv.url()).sync_writes(true);
+    let a = open(&tmp.path().join("a"), sync.clone());
+    let b = open(&tmp.path().join("b"), sync);
+    let small = random(5, 600); // raw, travels inside its entry
+    let large = random(6, 100_000); // kept apart under its hash
+    a.put("b", "small", &small, &PutOptions::new()).unwrap();
+    let report = a.put("b", "large", &large, &PutOptions::new()).unwrap();
+    let mut con = redis_con(&srv);
+
+    let bkey = format!("blobcache:b:{}", report.hash.to_hex());
+    let mut blob: Vec<u8> = redis::cmd("GET").arg(&bkey).query(&mut con).unwrap();
+    blob[50_000] ^= 0x01;
+    let _: () = redis::cmd("SET")
+        .arg(&bkey)
+        .arg(&blob)
+        .arg("KEEPTTL")
+        .query(&mut con)
+        .unwrap();
+
+    let ekey = b"blobcache:e:\x01bsmall".to_vec();
+    let mut entry: Vec<u8> = redis::cmd("GET").arg(&ekey).query(&mut con).unwrap();
+    let at = entry
+        .windows(small.len())
+        .position(|w| w == small)
+        .expect("the small payload travels inside its entry");
+    entry[at + 10] ^= 0x80;
+    let _: () = redis::cmd("SET")
+        .arg(&ekey)
+        .arg(&entry)
+        .arg("KEEPTTL")
+        .query(&mut con)
+        .unwrap();
+    let garbage = b"blobcache:e:\x01bgarbage".to_vec();
+    let _: () = redis::cmd("SET")
+        .arg(&garbage)
+        .arg(b"\xa1\x61v\x63bad")
+        .query(&mut con)
+        .unwrap();
+
+    assert!(b.get("b", "large").unwrap().is_none());
+    assert!(b.get_reader("b", "small").unwrap().is_none());
+    assert!(b.get("b", "garbage").unwrap().is_none());
+    let rb = remote_stats(&b);
+    assert_eq!((rb.corrupt, rb.hits), (3, 0), "{rb:?}");
+    assert_eq!(b.stats().unwrap().entries, 0, "nothing stored locally");
+    // The writer's own copies are intact and still served.
+    assert_eq!(a.get("b", "large").unwrap().unwrap().data, large);
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = RedisServer::start(tmp.path(), Some("right-pw")).expect("redis-server is required");
+    let sock = srv.socket();
+    for url in [
+        format!("unix://{}?pass=wrong-pw", sock.display()),
+        format!("unix://{}", sock.display()),
+    ] {
+        let err = Store::open(
+            tmp.path().join("a"),
+            StoreOptions::default().remote(RemoteOptions::new(&url)),
+        )
+        .expect_err("refused credentials fail the open");
+        assert!(matches!(err, Error::Remote { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("credentials"), "{msg}");
+        assert!(!msg.contains("wrong-pw"), "the password is masked: {msg}");
+    }
+    let ok = open(
+        &tmp.path().join("a"),
+        RemoteOptions::new(srv.url()).sync_writes(true),
+    );
+    ok.put("b", "s", b"{}", &PutOptions::new()).unwrap();
+    assert_eq!(remote_stats(&ok).writes, 1);
+
+    let bad = Store::open(
+        tmp.path().join("c"),
+        StoreOptions::default().remote(RemoteOptions::new("redis://")),
+    );
+    assert!(
+        matches!(bad, Err(Error::Remote { .. })),
+        "an unusable URL: {bad:?}"
+    );
+    let tls = Store::open(
+        tmp.path().join("c"),
+        StoreOptions::default().remote(RemoteOptions::new("rediss://h:6380")),
+    );
+    assert!(tls.unwrap_err().to_string().contains("TLS"));
+}
+
+#[test]
+fn a_redis_down_at_open_leaves_the_tier_skipped_unless_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("unix://{}", tmp.path().join("nobody.sock").display());
+    let store = open(&tmp.path().join("a"), RemoteOptions::new(&url));
+    assert_eq!(remote_stats(&store).state, RemoteState::Down);
+    store.put("b", "s", b"{}", &PutOptions::new()).unwrap();
+    assert_eq!(store.get("b", "s").unwrap().unwrap().data, b"{}");
+    assert!(store.get("b", "absent").unwrap().is_none());
+    let r = remote_stats(&store);
+    assert!(r.errors >= 1 && r.skipped >= 1, "{r:?}");
+    drop(store);
+
+    let fatal = RemoteOptions::new(&url).fatal_errors(true);
+    let err = Store::open(tmp.path().join("b"), StoreOptions::default().remote(fatal)).unwrap_err();
+    assert!(matches!(err, Error::Remote { .. }), "{err:?}");
+}
+
+#[test]
+fn read_only_mode_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let writer = open(
+        &tmp.path().join("w"),
+        RemoteOptions::new(srv.url()).sync_writes(true),
+    );
+    writer
+        .put("team", "shared", b"{\"ok\":1}", &PutOptions::new())
+        .unwrap();
+    let before = dbsize(&srv);
+    assert_eq!(before, 1);
+
+    let ro = RemoteOptions::new(srv.url())
+        .read_only(true)
+        .delete_remote(true);
+    let pr = open(&tmp.path().join("pr"), ro);
+    assert_eq!(
+        pr.get("team", "shared").unwrap().unwrap().data,
+        b"{\"ok\":1}"
+    );
+    pr.put("team", "poison", &random(7, 50_000), &PutOptions::new())
+        .unwrap();
+    pr.put("team", "shared", b"{\"evil\":1}", &PutOptions::new())
+        .unwrap();
+    pr.delete("team", "shared").unwrap();
+    pr.clear(&Selector::All).unwrap();
+    pr.flush().unwrap();
+    assert_eq!(dbsize(&srv), before, "read-only wrote or deleted nothing");
+    let r = remote_stats(&pr);
+    assert!(r.read_only && r.writes == 0 && r.deleted == 0, "{r:?}");
+    assert_eq!(
+        writer.get("team", "shared").unwrap().unwrap().data,
+        b"{\"ok\":1}"
+    );
+}
+
+#[test]
+fn deletes_stay_local_unless_told_and_large_payloads_stay_local() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let plain = RemoteOptions::new(srv.url())
+        .sync_writes(true)
+        .max_payload(100_000);
+    let a = open(&tmp.path().join("a"), plain.clone());
+    a.put("x", "1", b"{}", &PutOptions::new()).unwrap();
+    a.put("x", "big", &random(8, 100_001), &PutOptions::new())
+        .unwrap();
+    assert_eq!(remote_stats(&a).too_large, 1);
+    assert_eq!(dbsize(&srv), 1, "the payload over max_payload was not sent");
+    assert!(a.delete("x", "1").unwrap());
+    assert_eq!(dbsize(&srv), 1, "a plain delete is local");
+    assert!(
+        a.get("x", "1").unwrap().is_some(),
+        "so the entry reads through again"
+    );
+    drop(a);
+
+    let b = open(&tmp.path().join("b"), plain.delete_remote(true));
+    for i in 0..5 {
+        b.put("x", format!("p*{i}"), b"{}", &PutOptions::new())
+            .unwrap();
+        b.put("y", format!("p*{i}"), b"{}", &PutOptions::new())
+            .unwrap();
+    }
+    assert!(!b.delete("x", "1").unwrap(), "not in b's local cache");
+    assert_eq!(dbsize(&srv), 10, "but removed from Redis");
+    assert_eq!(b.clear(&Selector::prefix("x", "p*")).unwrap(), 5);
+    assert_eq!(dbsize(&srv), 5, "clear reached Redis for that prefix only");
+    assert_eq!(keys(&srv, "blobcache:e:\x01x*").len(), 0);
+    assert_eq!(remote_stats(&b).deleted, 6);
+}
+
+#[test]
+fn cli_shares_through_redis_and_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let bin = env!("CARGO_BIN_EXE_blobcache");
+    let file = tmp.path().join("body.json");
+    std::fs::write(&file, json_payload(9, 3000)).unwrap();
+    let run = |dir: &str, args: &[&str]| {
+        Command::new(bin)
+            .arg("--dir")
+            .arg(tmp.path().join(dir))
+            .args(args)
+            .env("BLOBCACHE_REMOTE", srv.url())
+            .output()
+            .unwrap()
+    };
+    let put = run("a", &["put", "tmdb", "movie/1", file.to_str().unwrap()]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let got = run("b", &["get", "tmdb", "movie/1"]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, json_payload(9, 3000));
+    let stats = run("b", &["--json", "stats"]);
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["remote"]["state"], "up", "{v}");
+    assert_eq!(v["entries"], 1, "the hit was stored locally: {v}");
+
+    let before = dbsize(&srv);
+    let ro = run(
+        "c",
+        &[
+            "--remote-read-only",
+            "put",
+            "tmdb",
+            "movie/2",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ro.status.success());
+    assert_eq!(dbsize(&srv), before, "--remote-read-only wrote nothing");
+
+    let bad = Command::new(bin)
+        .arg("--dir")
+        .arg(tmp.path().join("d"))
+        .args(["--remote", "redis://", "get", "tmdb", "movie/1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.starts_with("error: remote cache"), "{err}");
+}
