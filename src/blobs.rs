@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,10 @@ pub const MIN_LEVEL: i32 = -7;
 const WINDOW_LOG_MAX: u32 = 24;
 /// Blob files at least this large are read through a memory map.
 const MMAP_MIN: u64 = 256 * 1024;
+/// Streamed reads of payloads up to this size are read whole and verified
+/// before their first byte is handed out; larger ones get a verification
+/// pass first (see [`Blobs::open_verified`]).
+pub(crate) const VERIFY_IN_MEMORY_MAX: u64 = 8 * 1024 * 1024;
 /// Streaming buffer size.
 pub(crate) const CHUNK: usize = 128 * 1024;
 
@@ -209,6 +213,8 @@ pub(crate) struct Written {
 pub(crate) struct Staged {
     pub written: Written,
     tmp: PathBuf,
+    /// The cache directory `tmp` lies in.
+    cache: PathBuf,
     /// Linked into place at least once: `written.existed` then tells
     /// whether that first link found the blob already there (later links
     /// find our own file).
@@ -218,21 +224,61 @@ pub(crate) struct Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.tmp);
+        let _ = fsutil::remove_file_in(&self.cache, &self.tmp);
     }
 }
 
-/// Handle on the `blobs/` and `tmp/` directories.
+/// Handle on the `blobs/` and `tmp/` directories. Every file operation
+/// goes through `fsutil`'s `*_in` functions from the cache directory, so no
+/// symbolic link below it is ever followed (invariant 5).
 #[derive(Debug, Clone)]
 pub(crate) struct Blobs {
     root: PathBuf,
     tmp: PathBuf,
+    /// The cache directory (the parent of `blobs/` and `tmp/`).
+    cache: PathBuf,
     sync: bool,
 }
 
 impl Blobs {
+    /// `root` and `tmp` are the `blobs/` and `tmp/` directories of one cache.
     pub fn new(root: PathBuf, tmp: PathBuf, sync: bool) -> Blobs {
-        Blobs { root, tmp, sync }
+        let cache = root
+            .parent()
+            .map_or_else(|| root.clone(), Path::to_path_buf);
+        Blobs {
+            root,
+            tmp,
+            cache,
+            sync,
+        }
+    }
+
+    /// Metadata of `path` (inside the cache) itself, never through a link.
+    fn meta(&self, path: &Path) -> io::Result<fs::Metadata> {
+        fsutil::metadata_in(&self.cache, path)
+    }
+
+    fn remove_path(&self, path: &Path) -> io::Result<()> {
+        fsutil::remove_file_in(&self.cache, path)
+    }
+
+    /// Metadata of the blob file for `hash` (a link is described, not
+    /// followed, at any depth).
+    pub fn file_meta(&self, hash: &BlobHash) -> io::Result<fs::Metadata> {
+        self.meta(&self.path_for(hash))
+    }
+
+    /// Refreshes the mtime of the blob file for `hash` (so the sweeper's
+    /// safety window restarts), never through a link.
+    pub fn touch(&self, hash: &BlobHash) -> io::Result<()> {
+        fsutil::touch_in(&self.cache, &self.path_for(hash))
+    }
+
+    /// Opens the blob file for `hash` for reading its stored bytes as they
+    /// are, refusing a symbolic link at any depth.
+    pub fn open_stored(&self, hash: &BlobHash) -> io::Result<File> {
+        fsutil::open_in(&self.cache, &self.path_for(hash), fsutil::OpenHow::Read)
     }
 
     /// `blobs/ab/cdef…` for `hash`.
@@ -257,7 +303,7 @@ impl Blobs {
         if !existed {
             self.write_new(&path, stored)?;
         }
-        let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        let meta = self.meta(&path).ctx("inspect", &path)?;
         Ok(Written {
             hash: *hash,
             codec,
@@ -277,16 +323,16 @@ impl Blobs {
         codec: Codec,
         raw_size: u64,
     ) -> Result<bool> {
-        let meta = match fs::symlink_metadata(path) {
+        let meta = match self.meta(path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("inspect", path, e)),
+            Err(e) => return Err(e).ctx("inspect", path),
         };
         if !meta.is_file() {
             // A foreign symlink or directory at a blob name: never follow or
             // reuse it. Unlinking a symlink does not touch its target.
             log::warn!("replacing foreign non-file at blob path {}", path.display());
-            remove_foreign(path, &meta)?;
+            self.remove_foreign(path, &meta)?;
             return Ok(false);
         }
         // Same length as our frame: the same content (a frame of another
@@ -294,14 +340,14 @@ impl Blobs {
         // a damaged one; decode it to know.
         let usable = meta.len() == stored_len || self.read_file(hash, codec, raw_size).is_ok();
         if usable {
-            fsutil::touch(path).ctx("refresh mtime of", path)?;
+            fsutil::touch_in(&self.cache, path).ctx("refresh mtime of", path)?;
         }
         Ok(usable)
     }
 
     fn ensure_fanout(&self, path: &Path) -> Result<()> {
         match path.parent() {
-            Some(dir) => fsutil::ensure_private_dir(dir),
+            Some(dir) => fsutil::ensure_dir_in(&self.cache, dir),
             None => Ok(()),
         }
     }
@@ -313,10 +359,10 @@ impl Blobs {
             .write_all(stored)
             .and_then(|()| if self.sync { f.sync_all() } else { Ok(()) })
             .ctx("write", &tmp)
-            .and_then(|()| fs::rename(&tmp, path).ctx("rename into", path))
+            .and_then(|()| fsutil::rename_in(&self.cache, &tmp, path).ctx("rename into", path))
             .and_then(|()| self.sync_parent(path));
         if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.remove_path(&tmp);
         }
         res
     }
@@ -326,7 +372,7 @@ impl Blobs {
             return Ok(());
         }
         let dir = path.parent().unwrap_or(&self.root);
-        fsutil::sync_dir(dir).ctx("sync directory", dir)
+        fsutil::sync_dir_in(&self.cache, dir).ctx("sync directory", dir)
     }
 
     /// Creates a locked staging file in `tmp/`. The lock tells the cleaner
@@ -344,6 +390,7 @@ impl Blobs {
                 existed: false,
             },
             tmp,
+            cache: self.cache.clone(),
             linked: false,
             _lock: lock,
         })
@@ -351,9 +398,10 @@ impl Blobs {
 
     fn stage(&self) -> Result<(PathBuf, File)> {
         let tmp = fsutil::unique_tmp_name(&self.tmp, "blob");
-        let f = fsutil::create_new(&tmp).ctx("create staging file", &tmp)?;
+        let f = fsutil::open_in(&self.cache, &tmp, fsutil::OpenHow::CreateNew)
+            .ctx("create staging file", &tmp)?;
         f.try_lock().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.remove_path(&tmp);
             Error::io("lock staging file", &tmp, io::Error::other(e.to_string()))
         })?;
         Ok((tmp, f))
@@ -436,20 +484,20 @@ impl Blobs {
     pub fn link_staged(&self, staged: &mut Staged) -> Result<()> {
         let w = staged.written.clone();
         let path = self.path_for(&w.hash);
-        let tmp_meta = fs::metadata(&staged.tmp).ctx("inspect", &staged.tmp)?;
+        let tmp_meta = staged._lock.metadata().ctx("inspect", &staged.tmp)?;
         let existed =
             self.existing_is_usable(&path, &w.hash, tmp_meta.len(), w.codec, w.raw_size)?;
         if !existed {
             self.ensure_fanout(&path)?;
-            match fs::hard_link(&staged.tmp, &path) {
+            match fsutil::hard_link_in(&self.cache, &staged.tmp, &path) {
                 Ok(()) => {}
                 // Someone else linked the same content first: equally good.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("link blob into", &path, e)),
+                Err(e) => return Err(e).ctx("link blob into", &path),
             }
             self.sync_parent(&path)?;
         }
-        let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        let meta = self.meta(&path).ctx("inspect", &path)?;
         staged.written.stored_size = meta.len();
         staged.written.disk_bytes = fsutil::disk_bytes(&meta);
         if !staged.linked {
@@ -499,9 +547,11 @@ impl Blobs {
     pub fn scratch(&self) -> Result<Scratch> {
         let (path, lock) = self.stage()?;
         // The staging handle is write-only; the scratch is read back too.
-        let file = fsutil::open_rw(&path).ctx("open", &path)?;
+        let file =
+            fsutil::open_in(&self.cache, &path, fsutil::OpenHow::ReadWrite).ctx("open", &path)?;
         Ok(Scratch {
             path,
+            cache: self.cache.clone(),
             file,
             _lock: lock,
         })
@@ -515,7 +565,7 @@ impl Blobs {
         raw_size: u64,
     ) -> Result<Vec<u8>, BlobError> {
         let path = self.path_for(hash);
-        let file = open_blob(&path)?;
+        let file = self.open_blob(&path)?;
         let len = file
             .metadata()
             .map_err(|e| BlobError::Io(Error::io("inspect", &path, e)))?
@@ -532,14 +582,45 @@ impl Blobs {
         decode(&stored, codec, raw_size, hash)
     }
 
-    /// Opens the blob file for `hash` as a verifying stream.
+    /// Opens the blob file for `hash` as a stream that hands out no byte
+    /// before it is verified: a payload up to [`VERIFY_IN_MEMORY_MAX`] is
+    /// read whole and checked first; a larger one is checked by a first
+    /// pass over the open file (bounded memory), then streamed from the
+    /// same file. Damage is reported here, as `Corrupt`, never mid-stream.
+    pub fn open_verified(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<VerifyingReader, BlobError> {
+        if raw_size <= VERIFY_IN_MEMORY_MAX {
+            let data = self.read_file(hash, codec, raw_size)?;
+            let cursor = Box::new(io::Cursor::new(data));
+            return Ok(VerifyingReader::new(cursor, *hash, raw_size));
+        }
+        let path = self.path_for(hash);
+        let mut file = self.open_blob(&path)?;
+        let io_err = |op, e| BlobError::Io(Error::io(op, &path, e));
+        let first_pass = file.try_clone().map_err(|e| io_err("open", e))?;
+        let mut check = reader_over(first_pass, hash, codec, raw_size)?;
+        if let Err(e) = io::copy(&mut check, &mut io::sink()) {
+            return Err(BlobError::Corrupt(e.to_string()));
+        }
+        file.seek(io::SeekFrom::Start(0))
+            .map_err(|e| io_err("rewind", e))?;
+        reader_over(file, hash, codec, raw_size)
+    }
+
+    /// Opens the blob file for `hash` as a verifying stream (checked as it
+    /// goes: damage shows at the end, after the bytes were handed out; see
+    /// [`Blobs::open_verified`] for callers that emit them).
     pub fn open_reader(
         &self,
         hash: &BlobHash,
         codec: Codec,
         raw_size: u64,
     ) -> Result<VerifyingReader, BlobError> {
-        open_reader_at(&self.path_for(hash), hash, codec, raw_size)
+        self.open_reader_at(&self.path_for(hash), hash, codec, raw_size)
     }
 
     /// Removes the file of `hash` (the sweeper's job, once the index has
@@ -547,16 +628,16 @@ impl Blobs {
     /// 0 when there was no file.
     pub fn remove(&self, hash: &BlobHash) -> Result<u64> {
         let path = self.path_for(hash);
-        let meta = match fs::symlink_metadata(&path) {
+        let meta = match self.meta(&path) {
             Ok(m) if m.is_dir() => return Ok(0),
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("inspect", &path, e)),
+            Err(e) => return Err(e).ctx("inspect", &path),
         };
-        match fs::remove_file(&path) {
+        match self.remove_path(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("remove blob", &path, e)),
+            Err(e) => return Err(e).ctx("remove blob", &path),
         }
         self.sync_parent(&path)?;
         Ok(fsutil::disk_bytes(&meta))
@@ -574,10 +655,11 @@ impl Blobs {
         level: i32,
     ) -> Result<Option<Rewritten>> {
         let path = self.path_for(hash);
-        let old = match fs::symlink_metadata(&path) {
+        let old = match self.meta(&path) {
             Ok(m) if m.is_file() => m,
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if fsutil::is_symlink_error(&e) => return Ok(None),
             Err(e) => return Err(Error::io("inspect", &path, e)),
         };
         let mut src = match self.open_reader(hash, Codec::Zstd, raw_size) {
@@ -589,7 +671,8 @@ impl Blobs {
         let written = self
             .encode_to(&mut src, &file, raw_size, level)
             .and_then(|()| {
-                let mut check = open_reader_at(&tmp, hash, Codec::Zstd, raw_size)
+                let mut check = self
+                    .open_reader_at(&tmp, hash, Codec::Zstd, raw_size)
                     .map_err(|_| io::Error::other("the new frame does not open"))?;
                 io::copy(&mut check, &mut io::sink()).map(drop)
             })
@@ -597,7 +680,7 @@ impl Blobs {
         let new = match written {
             Ok(m) => m,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = self.remove_path(&tmp);
                 if e.kind() == io::ErrorKind::InvalidData {
                     log::warn!("not recompressing blob {hash}: {e}");
                     return Ok(None);
@@ -606,19 +689,19 @@ impl Blobs {
             }
         };
         if new.len() >= old.len() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.remove_path(&tmp);
             return Ok(Some(Rewritten {
                 stored_size: old.len(),
                 disk_bytes: fsutil::disk_bytes(&old),
                 replaced: false,
             }));
         }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("replace blob", &path, e));
+        if let Err(e) = fsutil::rename_in(&self.cache, &tmp, &path) {
+            let _ = self.remove_path(&tmp);
+            return Err(e).ctx("replace blob", &path);
         }
         self.sync_parent(&path)?;
-        let placed = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        let placed = self.meta(&path).ctx("inspect", &path)?;
         Ok(Some(Rewritten {
             stored_size: placed.len(),
             disk_bytes: fsutil::disk_bytes(&placed),
@@ -657,17 +740,30 @@ pub(crate) struct Rewritten {
     pub replaced: bool,
 }
 
-/// Opens the blob file at `path` as a verifying stream of `hash`'s bytes.
-fn open_reader_at(
-    path: &Path,
+impl Blobs {
+    /// Opens the blob file at `path` as a verifying stream of `hash`'s bytes.
+    fn open_reader_at(
+        &self,
+        path: &Path,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<VerifyingReader, BlobError> {
+        reader_over(self.open_blob(path)?, hash, codec, raw_size)
+    }
+}
+
+/// A verifying stream of `hash`'s bytes over an open blob file, read from
+/// its current offset.
+fn reader_over(
+    file: File,
     hash: &BlobHash,
     codec: Codec,
     raw_size: u64,
 ) -> Result<VerifyingReader, BlobError> {
-    let file = open_blob(path)?;
     let len = file
         .metadata()
-        .map_err(|e| BlobError::Io(Error::io("inspect", path, e)))?
+        .map_err(|e| BlobError::Io(Error::io("inspect", "an open blob file", e)))?
         .len();
     // Plain reads, not a memory map: every page of a map that a stream
     // has passed stays in the process's resident set, so streaming a
@@ -699,7 +795,7 @@ impl Blobs {
     /// read is then a miss, never wrong bytes.)
     pub fn discard_corrupt(&self, hash: &BlobHash) {
         let path = self.path_for(hash);
-        if let Err(e) = fs::remove_file(&path)
+        if let Err(e) = self.remove_path(&path)
             && e.kind() != io::ErrorKind::NotFound
         {
             log::warn!("could not remove corrupt blob {}: {e}", path.display());
@@ -710,14 +806,13 @@ impl Blobs {
     /// whose last write is older than `min_age`. Returns how many went.
     pub fn clean_staging(&self, min_age: std::time::Duration) -> Result<usize> {
         let mut removed = 0;
-        let entries = match fs::read_dir(&self.tmp) {
+        let entries = match fsutil::list_in(&self.cache, &self.tmp) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("list", &self.tmp, e)),
+            Err(e) => return Err(e).ctx("list", &self.tmp),
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if staging_is_abandoned(&path, min_age) && fs::remove_file(&path).is_ok() {
+        for (path, _) in entries {
+            if self.staging_is_abandoned(&path, min_age) && self.remove_path(&path).is_ok() {
                 removed += 1;
             }
         }
@@ -725,28 +820,51 @@ impl Blobs {
     }
 }
 
+/// True for a name [`fsutil::unique_tmp_name`] makes
+/// (`<tag>-<pid>-<nanos>-<n>.part`): only those are blobcache's to clean up
+/// in `tmp/`; anything else there is someone's file and is left alone.
+pub(crate) fn is_staging_name(path: &Path) -> bool {
+    let Some(stem) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".part"))
+    else {
+        return false;
+    };
+    let mut parts = stem.split('-');
+    let tag = parts.next().unwrap_or("");
+    let numbers: Vec<&str> = parts.collect();
+    !tag.is_empty()
+        && tag.bytes().all(|b| b.is_ascii_lowercase())
+        && numbers.len() == 3
+        && numbers
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Every file under `blobs/` with the hash its path names, or `None` for
 /// anything that is not a blob (foreign files, symlinks, odd names).
+/// Nothing is followed: a symlinked fan-out directory is reported as one
+/// foreign entry, never listed.
 pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, Option<BlobHash>)>> {
+    let cache = root.parent().unwrap_or(root);
     let mut out = Vec::new();
-    let fanouts = match fs::read_dir(root) {
+    let fanouts = match fsutil::list_in(cache, root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("list", root, e)),
+        Err(e) => return Err(e).ctx("list", root),
     };
-    for fanout in fanouts {
-        let fanout = fanout.ctx("list", root)?;
-        let dir = fanout.path();
-        let is_dir = fanout.file_type().is_ok_and(|t| t.is_dir());
-        if !is_dir {
+    for (dir, kind) in fanouts {
+        if kind != fsutil::Kind::Dir {
             out.push((dir, None));
             continue;
         }
-        for entry in fs::read_dir(&dir).ctx("list", &dir)? {
-            let entry = entry.ctx("list", &dir)?;
-            let path = entry.path();
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            let hash = if is_file { hash_of_path(&path) } else { None };
+        for (path, kind) in fsutil::list_in(cache, &dir).ctx("list", &dir)? {
+            let hash = if kind == fsutil::Kind::File {
+                hash_of_path(&path)
+            } else {
+                None
+            };
             out.push((path, hash));
         }
     }
@@ -768,58 +886,67 @@ pub(crate) fn hash_of_path(path: &Path) -> Option<BlobHash> {
 /// See `staging_is_abandoned`.
 const EMPTY_STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn staging_is_abandoned(path: &Path, min_age: std::time::Duration) -> bool {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return false;
-    };
-    if !meta.is_file() {
-        // A symlink or directory does not belong in tmp/; unlinking a link
-        // is safe, directories are left for a human.
-        return meta.file_type().is_symlink();
-    }
-    // A writer creates its staging file and then locks it: an empty file
-    // may be one in that instant, so it gets a fixed grace of its own
-    // whatever `min_age` says (otherwise the cleaner could remove it, or
-    // hold its lock when the writer reaches for it).
-    let min_age = if meta.len() == 0 {
-        min_age.max(EMPTY_STAGING_GRACE)
-    } else {
-        min_age
-    };
-    let old_enough = meta
-        .modified()
-        .ok()
-        .and_then(|m| m.elapsed().ok())
-        .is_some_and(|age| age >= min_age);
-    if !old_enough {
-        return false;
-    }
-    // A live writer holds the lock; try_lock succeeds only when it is gone.
-    match fsutil::open_rw(path) {
-        Ok(f) => f.try_lock().is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn remove_foreign(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    if meta.is_dir() {
-        return Err(Error::NotACache {
-            path: path.to_path_buf(),
-            reason: "a directory sits where a blob file belongs; remove it".into(),
-        });
-    }
-    fs::remove_file(path).ctx("remove foreign file", path)
-}
-
-fn open_blob(path: &Path) -> Result<File, BlobError> {
-    match fsutil::open_read(path) {
-        Ok(f) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Missing),
-        // O_NOFOLLOW on a symlink: ELOOP. A planted link is not our blob.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            Err(BlobError::Corrupt("blob path is a symbolic link".into()))
+impl Blobs {
+    fn staging_is_abandoned(&self, path: &Path, min_age: std::time::Duration) -> bool {
+        if !is_staging_name(path) {
+            return false;
         }
-        Err(e) => Err(BlobError::Io(Error::io("open", path, e))),
+        let Ok(meta) = self.meta(path) else {
+            return false;
+        };
+        if !meta.is_file() {
+            // A symlink or directory does not belong in tmp/; unlinking a link
+            // is safe, directories are left for a human.
+            return meta.file_type().is_symlink();
+        }
+        // A writer creates its staging file and then locks it: an empty file
+        // may be one in that instant, so it gets a fixed grace of its own
+        // whatever `min_age` says (otherwise the cleaner could remove it, or
+        // hold its lock when the writer reaches for it).
+        let min_age = if meta.len() == 0 {
+            min_age.max(EMPTY_STAGING_GRACE)
+        } else {
+            min_age
+        };
+        let old_enough = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !old_enough {
+            return false;
+        }
+        // A live writer holds the lock; try_lock succeeds only when it is gone.
+        match fsutil::open_in(&self.cache, path, fsutil::OpenHow::ReadWrite) {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+impl Blobs {
+    fn remove_foreign(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        if meta.is_dir() {
+            return Err(Error::NotACache {
+                path: path.to_path_buf(),
+                reason: "a directory sits where a blob file belongs; remove it".into(),
+            });
+        }
+        self.remove_path(path).ctx("remove foreign file", path)
+    }
+
+    fn open_blob(&self, path: &Path) -> Result<File, BlobError> {
+        match fsutil::open_in(&self.cache, path, fsutil::OpenHow::Read) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Missing),
+            // A link at the blob name or at any directory above it: it is not
+            // our blob, and what it points to is never read.
+            Err(e) if fsutil::is_symlink_error(&e) => Err(BlobError::Corrupt(format!(
+                "{} is, or lies under, a symbolic link",
+                path.display()
+            ))),
+            Err(e) => Err(BlobError::Io(Error::io("open", path, e))),
+        }
     }
 }
 
@@ -942,13 +1069,14 @@ impl<R: Read> Read for Tee<'_, R> {
 #[derive(Debug)]
 pub(crate) struct Scratch {
     pub path: PathBuf,
+    cache: PathBuf,
     pub file: File,
     _lock: File,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = fsutil::remove_file_in(&self.cache, &self.path);
     }
 }
 

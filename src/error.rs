@@ -119,8 +119,8 @@ pub enum Error {
     /// A path inside the cache is a symbolic link; blobcache never follows
     /// links planted in its directory.
     #[error(
-        "refusing to use {}: it is a symbolic link inside the cache directory; \
-         remove it and retry",
+        "refusing to use {}: it is, or lies under, a symbolic link inside the \
+         cache directory; remove the link and retry",
         path.display()
     )]
     Symlink {
@@ -395,6 +395,12 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|e| Error::io(op, path, e))
+        self.map_err(|e| {
+            // Every open inside the cache refuses links with ELOOP.
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Error::Symlink { path: path.into() };
+            }
+            Error::io(op, path, e)
+        })
     }
 }

@@ -50,6 +50,9 @@ use crate::store::{Store, WeakStore};
 const GC_LOCK: &str = "gc.lock";
 /// Entries read per page when ranking entries for eviction.
 const PAGE: usize = 1000;
+/// Largest GC batch: one batch of deletes (keys up to 4 KiB each) stays far
+/// below the journal's frame limit.
+const MAX_BATCH: usize = 10_000;
 /// Pause after a background sweep that could not get under the cap, so a
 /// cache full of pinned entries is not swept after every put.
 const COOLDOWN: Duration = Duration::from_secs(1);
@@ -179,9 +182,10 @@ impl GcOptions {
     }
 
     /// Index operations touch at most this many entries or blobs each
-    /// (default 256); smaller batches hold writers up for less time.
+    /// (default 256, at most 10,000 so one batch's index change fits
+    /// in a journal frame); smaller batches hold writers up for less time.
     pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
+        self.batch_size = n.clamp(1, MAX_BATCH);
         self
     }
 
@@ -313,7 +317,8 @@ impl Store {
             });
         }
         let path = layout.locks.join(GC_LOCK);
-        let f = fsutil::open_rw(&path).ctx("open lock file", &path)?;
+        let f = fsutil::open_in(&layout.root, &path, fsutil::OpenHow::ReadWrite)
+            .ctx("open lock file", &path)?;
         f.lock().ctx("lock", &path)?;
         Ok(f)
     }

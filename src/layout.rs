@@ -95,7 +95,8 @@ impl Layout {
         }
         if self.read_version()?.is_none() {
             let body = format!("{FORMAT_VERSION}\n");
-            fsutil::write_atomic(&self.tmp, &self.root.join("VERSION"), body.as_bytes(), true)?;
+            let version = self.root.join("VERSION");
+            fsutil::write_atomic(&self.root, &self.tmp, &version, body.as_bytes(), true)?;
         }
         Ok(())
     }
@@ -136,7 +137,7 @@ impl Layout {
     /// The format version on disk, `None` when there is no `VERSION` file.
     pub fn read_version(&self) -> Result<Option<u32>> {
         let path = self.root.join("VERSION");
-        let text = match fsutil::open_read(&path) {
+        let text = match fsutil::open_in(&self.root, &path, fsutil::OpenHow::Read) {
             Ok(f) => read_small(f, &path)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -160,7 +161,8 @@ impl Layout {
     /// another open store in this one) holds it.
     pub fn try_lock(&self, name: &str) -> Result<Option<File>> {
         let path = self.locks.join(name);
-        let f = fsutil::open_rw(&path).ctx("open lock file", &path)?;
+        let f = fsutil::open_in(&self.root, &path, fsutil::OpenHow::ReadWrite)
+            .ctx("open lock file", &path)?;
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

@@ -73,7 +73,8 @@ pub use gc::{GcOptions, GcProgress, GcReport, GcStep};
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
 pub use options::{
-    DEFAULT_INLINE_THRESHOLD, DEFAULT_STALE_IF_ERROR, Durability, PutOptions, Sharing, StoreOptions,
+    DEFAULT_INLINE_THRESHOLD, DEFAULT_STALE_IF_ERROR, Durability, MAX_INLINE_THRESHOLD, PutOptions,
+    Sharing, StoreOptions,
 };
 pub use remote::{DEFAULT_REMOTE_PREFIX, RemoteOptions, RemoteState, RemoteStats};
 pub use store::{

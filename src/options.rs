@@ -76,6 +76,9 @@ pub struct StoreOptions {
 /// Blobs whose stored (compressed) size is at most this many bytes live in
 /// the index by default rather than as files.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 16 * 1024;
+/// Largest accepted [`StoreOptions::inline_threshold`]: payloads above it
+/// are files, whatever the setting says.
+pub const MAX_INLINE_THRESHOLD: usize = 1024 * 1024;
 
 /// How long after expiry [`crate::Store::get_or_fetch`] may still serve an
 /// entry when the upstream fails (7 days).
@@ -133,9 +136,11 @@ impl StoreOptions {
     }
 
     /// Blobs whose stored size is at most this many bytes are kept inline
-    /// in the index instead of as files (default 16 KiB).
+    /// in the index instead of as files (default 16 KiB, at most
+    /// [`MAX_INLINE_THRESHOLD`]: larger values are clamped, so one put's
+    /// index change always fits in a journal frame).
     pub fn inline_threshold(mut self, bytes: usize) -> Self {
-        self.inline_threshold = bytes;
+        self.inline_threshold = bytes.min(MAX_INLINE_THRESHOLD);
         self
     }
 

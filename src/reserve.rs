@@ -28,14 +28,18 @@ pub(crate) const RESERVE_NAME: &str = "space.reserve";
 /// The reserve of one cache directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Reserve {
+    /// The cache directory.
+    root: PathBuf,
     path: PathBuf,
     tmp: PathBuf,
 }
 
 impl Reserve {
-    /// The reserve in `locks`, staged through `tmp`.
-    pub fn new(locks: &Path, tmp: &Path) -> Reserve {
+    /// The reserve in `locks`, staged through `tmp` (both in the cache
+    /// directory `root`).
+    pub fn new(root: &Path, locks: &Path, tmp: &Path) -> Reserve {
         Reserve {
+            root: root.to_path_buf(),
             path: locks.join(RESERVE_NAME),
             tmp: tmp.to_path_buf(),
         }
@@ -43,7 +47,7 @@ impl Reserve {
 
     /// True when the reserve file is in place at full size.
     pub fn is_held(&self) -> bool {
-        std::fs::symlink_metadata(&self.path)
+        fsutil::metadata_in(&self.root, &self.path)
             .is_ok_and(|m| m.is_file() && fsutil::disk_bytes(&m) >= RESERVE_BYTES)
     }
 
@@ -55,11 +59,11 @@ impl Reserve {
             return Ok(());
         }
         let tmp = fsutil::unique_tmp_name(&self.tmp, "reserve");
-        let res = fsutil::create_new(&tmp)
+        let res = fsutil::open_in(&self.root, &tmp, fsutil::OpenHow::CreateNew)
             .and_then(|f| allocate(&f, RESERVE_BYTES))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+            .and_then(|()| fsutil::rename_in(&self.root, &tmp, &self.path));
         if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = fsutil::remove_file_in(&self.root, &tmp);
             return Err(Error::io("allocate the space reserve", &self.path, e));
         }
         Ok(())
@@ -88,7 +92,7 @@ impl Reserve {
     /// Gives the reserve's blocks back to the filesystem. True when there
     /// was one to release.
     pub fn release(&self) -> bool {
-        match std::fs::remove_file(&self.path) {
+        match fsutil::remove_file_in(&self.root, &self.path) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {

@@ -187,10 +187,12 @@ pub struct Hit {
     pub stale: bool,
 }
 
-/// A streamed hit: the payload as a [`Read`] that verifies the content
-/// hash as it goes. Read it to the end: if the blob turns out to be
-/// damaged, the final `read` returns an `InvalidData` error (and the entry
-/// is dropped from the index) instead of end-of-file.
+/// A streamed hit: the payload as a [`Read`]. The payload was verified
+/// before the reader was handed out (a damaged blob is a miss), so no wrong
+/// byte is ever read from it; the content hash is checked again as it
+/// streams, and should the file change underneath, the final `read`
+/// returns an `InvalidData` error (and the entry is dropped) instead of
+/// end-of-file.
 #[derive(Debug)]
 pub struct EntryReader {
     /// The entry's metadata.
@@ -657,10 +659,9 @@ impl Store {
         if info.inline {
             return Ok(Some(info));
         }
-        let path = self.inner.blobs.path_for(hash);
-        let on_disk = std::fs::symlink_metadata(&path).ok();
+        let on_disk = self.inner.blobs.file_meta(hash).ok();
         let intact = on_disk.is_some_and(|m| m.is_file() && m.len() == info.stored_size);
-        if intact && crate::fsutil::touch(&path).is_ok() {
+        if intact && self.inner.blobs.touch(hash).is_ok() {
             return Ok(Some(info));
         }
         Ok(None)
@@ -879,10 +880,11 @@ impl Store {
                     )
                 }),
             None if record.inline => Err(BlobError::Missing),
+            // Nothing reaches the caller before it is verified.
             None => self
                 .inner
                 .blobs
-                .open_reader(&record.hash, record.codec, record.raw_size),
+                .open_verified(&record.hash, record.codec, record.raw_size),
         };
         let reader = match opened {
             Ok(r) => r,
@@ -1208,7 +1210,7 @@ fn open_share(
     cfg: IndexConfig,
     opts: &StoreOptions,
 ) -> Result<(Share, bool, Writable)> {
-    let reserve = Reserve::new(&layout.locks, &layout.tmp);
+    let reserve = Reserve::new(&layout.root, &layout.locks, &layout.tmp);
     let open = || {
         Share::open(
             layout.clone(),

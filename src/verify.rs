@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::fs;
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
@@ -291,8 +290,14 @@ fn check_blob(
             .map(blob_verdict);
     }
     let path = store.blob_store().path_for(&rec.hash);
-    let meta = match fs::symlink_metadata(&path) {
+    let meta = match store.blob_store().file_meta(&rec.hash) {
         Ok(m) => m,
+        Err(e) if fsutil::is_symlink_error(&e) => {
+            return Some((
+                ProblemKind::CorruptBlob,
+                format!("{} lies under a symbolic link", path.display()),
+            ));
+        }
         Err(_) => {
             return Some((
                 ProblemKind::MissingBlob,
@@ -507,8 +512,10 @@ fn repair(store: &Store, bad: &[(Vec<u8>, Record, bool)]) -> Result<u64> {
 pub(crate) fn rebuild_counts(store: &Store) -> Result<u64> {
     let blobs_store = store.blob_store().clone();
     let file_info = move |rec: &Record| -> Option<BlobInfo> {
-        let path = blobs_store.path_for(&rec.hash);
-        let meta = fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
+        let meta = blobs_store
+            .file_meta(&rec.hash)
+            .ok()
+            .filter(|m| m.is_file())?;
         Some(file_blob_info(rec, meta.len(), fsutil::disk_bytes(&meta)))
     };
     store.index().rebuild_counts(&file_info)

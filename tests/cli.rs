@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::thread;
@@ -13,54 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// Runs the CLI on `dir` with `args`, feeding `stdin` from a thread.
-fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut c = cli(dir);
-    c.args(args);
-    run_cmd(c, stdin)
-}
-
-/// Runs `c`, feeding `stdin` from a thread.
-fn run_cmd(mut c: std::process::Command, stdin: &[u8]) -> Output {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = thread::spawn(move || {
-        // The child may not read its stdin at all: ignore broken pipes.
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
-}
-
-/// Exit code of a finished CLI run.
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited, not killed")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs and asserts exit code `want`, with the output in the message.
-fn run_code(dir: &Path, args: &[&str], stdin: &[u8], want: i32) -> Output {
-    let o = run(dir, args, stdin);
-    assert_eq!(
-        code(&o),
-        want,
-        "blobcache {args:?}: stdout {:?}, stderr {:?}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    o
-}
 
 /// Stdout parsed as one JSON document.
 fn json(o: &Output) -> Value {

@@ -308,7 +308,7 @@ fn corrupt_blob_is_a_miss_and_heals() {
 }
 
 #[test]
-fn corrupt_blob_fails_the_stream_at_its_end() {
+fn corrupt_blob_is_a_miss_before_any_byte_is_streamed() {
     let (dir, store, _) = store_with_clock();
     let data = json_payload(12, 300 * 1024);
     put(&store, "b", "k", &data);
@@ -318,14 +318,12 @@ fn corrupt_blob_fails_the_stream_at_its_end() {
     let n = bytes.len();
     bytes[n - 10] ^= 1;
     fs::write(file, bytes).unwrap();
-    let mut reader = store.get_reader("b", "k").unwrap().expect("opens");
-    let mut out = Vec::new();
-    let err = reader.read_to_end(&mut out).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(
-        store.meta("b", "k").unwrap().is_none(),
-        "entry dropped after the failed stream"
+        store.get_reader("b", "k").unwrap().is_none(),
+        "a damaged blob is a miss: no stream, so no unverified byte"
     );
+    assert!(store.meta("b", "k").unwrap().is_none(), "entry dropped");
+    assert_eq!(store.stats().unwrap().corrupt, 1);
 }
 
 #[test]

@@ -197,7 +197,7 @@ impl Store {
         let stored_size = if info.inline {
             info.stored_size
         } else {
-            match std::fs::symlink_metadata(self.blob_store().path_for(hash)) {
+            match self.blob_store().file_meta(hash) {
                 Ok(m) if m.is_file() => m.len(),
                 _ => return Ok(None),
             }
@@ -228,7 +228,9 @@ impl Store {
             (path, Box::new(io::Cursor::new(bytes)), len)
         } else {
             let path = self.blob_store().path_for(&blob.hash);
-            let file = crate::fsutil::open_read(&path)
+            let file = self
+                .blob_store()
+                .open_stored(&blob.hash)
                 .map_err(|e| Error::io("open blob for export", &path, e))?;
             let len = file
                 .metadata()

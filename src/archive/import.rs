@@ -526,8 +526,11 @@ impl<'a> Session<'a> {
             std::thread::sleep(Duration::from_millis(2 + 2 * u64::from(attempt)));
             return Ok(());
         };
-        let path = self.store.blob_store().path_for(hash);
-        let present = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        let present = self
+            .store
+            .blob_store()
+            .file_meta(hash)
+            .is_ok_and(|m| m.is_file());
         if !present {
             return Err(Error::Busy {
                 hash: hash.to_hex(),

@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, OpenHow};
 
 /// The copy's directory, removed on drop.
 #[derive(Debug)]
@@ -31,8 +31,12 @@ impl Scratch {
             cache: cache.to_path_buf(),
             reason: reason.to_string(),
         };
-        copy_tree(index, &scratch.index())?;
-        copy_tree(journal, &scratch.journal())?;
+        let roots = Roots {
+            cache,
+            copy: &scratch.dir,
+        };
+        roots.copy_tree(index, &scratch.index())?;
+        roots.copy_tree(journal, &scratch.journal())?;
         Ok(scratch)
     }
 
@@ -64,32 +68,43 @@ impl Drop for Scratch {
     }
 }
 
-/// Copies the regular files and directories under `from` into `to`
-/// (created 0700); symlinks and other special files are skipped, so
-/// nothing outside the cache is read. A missing `from` copies nothing.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    fsutil::ensure_private_dir(to)?;
-    let entries = match fs::read_dir(from) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("list", from, e)),
-    };
-    for entry in entries {
-        let entry = entry.ctx("list", from)?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ft = entry.file_type().ctx("inspect", &src)?;
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_file() {
-            copy_file(&src, &dst)?;
-        }
-    }
-    Ok(())
+/// The two directories a copy goes between: every path is resolved
+/// below one of them without following a symbolic link.
+struct Roots<'a> {
+    cache: &'a Path,
+    copy: &'a Path,
 }
 
-fn copy_file(src: &Path, dst: &Path) -> Result<()> {
-    let mut from = fsutil::open_read(src).ctx("open", src)?;
-    let mut to = fsutil::create_new(dst).ctx("create", dst)?;
-    io::copy(&mut from, &mut to).ctx("copy into", dst)?;
-    Ok(())
+impl Roots<'_> {
+    /// Copies the regular files and directories under `from` (in the
+    /// cache) into `to` (in the copy, created 0700); symlinks and other
+    /// special files are skipped, so nothing outside the cache is read. A
+    /// missing `from` copies nothing.
+    fn copy_tree(&self, from: &Path, to: &Path) -> Result<()> {
+        fsutil::ensure_dir_in(self.copy, to)?;
+        let entries = match fsutil::list_in(self.cache, from) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("list", from),
+        };
+        for (src, kind) in entries {
+            let Some(name) = src.file_name() else {
+                continue;
+            };
+            let dst = to.join(name);
+            match kind {
+                fsutil::Kind::Dir => self.copy_tree(&src, &dst)?,
+                fsutil::Kind::File => self.copy_file(&src, &dst)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_file(&self, src: &Path, dst: &Path) -> Result<()> {
+        let mut from = fsutil::open_in(self.cache, src, OpenHow::Read).ctx("open", src)?;
+        let mut to = fsutil::open_in(self.copy, dst, OpenHow::CreateNew).ctx("create", dst)?;
+        io::copy(&mut from, &mut to).ctx("copy into", dst)?;
+        Ok(())
+    }
 }

@@ -295,8 +295,10 @@ struct Loaded {
 impl Index {
     /// Opens (or creates) the index in `path`, replays `journal_dir`, and
     /// starts the background flusher. A damaged database is moved aside
-    /// and replaced by an empty one: the returned flag says so, and the
-    /// caller should then rebuild counts (`verify --repair`).
+    /// and replaced by an empty one; the returned flag says so (or that the
+    /// replay skipped a damaged journal frame, whose change the later
+    /// frames' totals still count), and the caller should then rebuild
+    /// counts (`verify --repair`).
     pub fn open(path: &Path, journal_dir: &Path, cfg: &IndexConfig) -> Result<(Arc<Index>, bool)> {
         Index::open_in(path, journal_dir, cfg, None)
     }
@@ -406,7 +408,7 @@ impl Index {
         crate::fsutil::tighten_tree(path);
         let index = Arc::new(index);
         Index::spawn_flusher(&index, cfg.flush_interval);
-        Ok((index, reset))
+        Ok((index, reset || replay.damaged > 0))
     }
 
     fn spawn_flusher(index: &Arc<Index>, every: Duration) {
@@ -469,7 +471,7 @@ impl Index {
         // sled writes that reach the disk must already have their frame in
         // the journal, or a kill -9 right after the flush would leave half
         // an op in the index with nothing to complete it. A failed append
-        // changes nothing.
+        // (a full disk, or a change too large for one frame) changes nothing.
         w.journal.append(seq, &to_cbor(&effects))?;
         // Totals follow the journal even if sled fails here: replay
         // completes the op at the next open.

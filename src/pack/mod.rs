@@ -21,10 +21,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
-
 use crate::error::Error;
-use crate::fsutil;
+use crate::fsutil::{self, OpenHow};
 
 pub mod needle;
 pub mod reader;
@@ -97,6 +95,8 @@ pub enum PackError {
 /// symlink) so every pack is opened relative to the real directory.
 #[derive(Debug)]
 pub struct PackDir {
+    /// The cache directory.
+    root: PathBuf,
     packs: PathBuf,
     locks: PathBuf,
     fd: OwnedFd,
@@ -132,10 +132,13 @@ impl PackDir {
             fsutil::ensure_private_dir(&packs)?;
             fsutil::ensure_private_dir(&locks)?;
         }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(&packs, flags, Mode::empty())
-            .map_err(|e| dir_error(&packs, io::Error::from(e)))?;
-        Ok(PackDir { packs, locks, fd })
+        let fd = fsutil::open_dir_in(root, &packs).map_err(|e| dir_error(&packs, e))?;
+        Ok(PackDir {
+            root: root.to_path_buf(),
+            packs,
+            locks,
+            fd,
+        })
     }
 
     /// Path of pack `id` (for messages and tests).
@@ -145,31 +148,32 @@ impl PackDir {
 
     /// Opens pack `id` for reading, never through a symlink.
     pub(crate) fn open_pack(&self, id: u32, write: bool) -> Result<File, PackError> {
-        let mode = if write { OFlags::RDWR } else { OFlags::RDONLY };
-        let flags = mode | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rustix::fs::openat(&self.fd, pack_name(id), flags, Mode::empty()) {
-            Ok(fd) => Ok(File::from(fd)),
-            Err(rustix::io::Errno::NOENT) => Err(PackError::Missing { pack: id }),
-            Err(e) => Err(file_error(&self.path(id), io::Error::from(e))),
+        let how = if write {
+            OpenHow::ReadWriteExisting
+        } else {
+            OpenHow::Read
+        };
+        match fsutil::open_at(&self.fd, pack_name(id), how) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PackError::Missing { pack: id }),
+            Err(e) => Err(file_error(&self.path(id), e)),
         }
     }
 
     /// Creates pack `id` (0600); `Ok(None)` when it already exists.
     fn create_pack(&self, id: u32) -> Result<Option<File>, PackError> {
-        let flags =
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mode = Mode::from_raw_mode(fsutil::FILE_MODE as _);
-        match rustix::fs::openat(&self.fd, pack_name(id), flags, mode) {
-            Ok(fd) => Ok(Some(File::from(fd))),
-            Err(rustix::io::Errno::EXIST) => Ok(None),
-            Err(e) => Err(file_error(&self.path(id), io::Error::from(e))),
+        match fsutil::open_at(&self.fd, pack_name(id), OpenHow::ReadWriteNew) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(file_error(&self.path(id), e)),
         }
     }
 
     /// Takes pack `id`'s writer lock; `Ok(None)` when a live writer has it.
     pub(crate) fn try_lock(&self, id: u32) -> Result<Option<File>, PackError> {
         let path = self.locks.join(lock_name(id));
-        let f = fsutil::open_rw(&path).map_err(|e| file_error(&path, e))?;
+        let f = fsutil::open_in(&self.root, &path, OpenHow::ReadWrite)
+            .map_err(|e| file_error(&path, e))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -179,7 +183,7 @@ impl PackDir {
 
     /// Ids of the packs present, ascending.
     pub fn pack_ids(&self) -> Result<Vec<u32>, PackError> {
-        let mut ids = ids_in(&self.packs, ".pack")?;
+        let mut ids = self.ids_in(&self.packs, ".pack")?;
         ids.sort_unstable();
         Ok(ids)
     }
@@ -187,36 +191,35 @@ impl PackDir {
     /// The largest id any pack or pack lock ever used: lock files outlive
     /// their packs, so an id is never handed out twice.
     fn highest_id(&self) -> Result<u32, PackError> {
-        let packs = ids_in(&self.packs, ".pack")?;
-        let locks = ids_in(&self.locks, ".lock")?;
+        let packs = self.ids_in(&self.packs, ".pack")?;
+        let locks = self.ids_in(&self.locks, ".lock")?;
         Ok(packs.into_iter().chain(locks).max().unwrap_or(0))
     }
 
     /// fsyncs the directory so a new pack's name is durable.
     fn sync(&self) -> Result<(), PackError> {
-        fsutil::sync_dir(&self.packs).map_err(|e| Error::io("sync", &self.packs, e).into())
+        rustix::fs::fsync(&self.fd).map_err(|e| Error::io("sync", &self.packs, e.into()).into())
     }
-}
 
-fn ids_in(dir: &Path, suffix: &str) -> Result<Vec<u32>, PackError> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", dir, e).into()),
-    };
-    let mut ids = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let name = entry.file_name();
-        if let Some(id) = name
-            .to_str()
-            .filter(|n| n.ends_with(suffix))
-            .and_then(parse_id)
-        {
-            ids.push(id);
-        }
+    /// Removes pack `id` (never through a symlink).
+    pub(crate) fn remove_pack(&self, id: u32) -> Result<(), PackError> {
+        let path = self.path(id);
+        fsutil::remove_file_in(&self.root, &path).map_err(|e| Error::io("remove", &path, e).into())
     }
-    Ok(ids)
+
+    /// Ids in the names of the files in `dir` ending with `suffix`.
+    fn ids_in(&self, dir: &Path, suffix: &str) -> Result<Vec<u32>, PackError> {
+        let entries = match fsutil::list_in(&self.root, dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(dir_error(dir, e)),
+        };
+        let ids = entries.iter().filter_map(|(path, _)| {
+            let name = path.file_name()?.to_str()?;
+            name.ends_with(suffix).then(|| parse_id(name))?
+        });
+        Ok(ids.collect())
+    }
 }
 
 fn is_symlink(path: &Path) -> bool {
@@ -224,7 +227,7 @@ fn is_symlink(path: &Path) -> bool {
 }
 
 fn dir_error(path: &Path, e: io::Error) -> PackError {
-    if is_symlink(path) {
+    if fsutil::is_symlink_error(&e) || is_symlink(path) {
         return Error::Symlink {
             path: path.to_path_buf(),
         }
@@ -241,7 +244,7 @@ fn dir_error(path: &Path, e: io::Error) -> PackError {
 }
 
 fn file_error(path: &Path, e: io::Error) -> PackError {
-    if e.raw_os_error() == Some(libc::ELOOP) || is_symlink(path) {
+    if fsutil::is_symlink_error(&e) || is_symlink(path) {
         return Error::Symlink {
             path: path.to_path_buf(),
         }

@@ -328,7 +328,7 @@ pub fn recover_from(dir: &PackDir, id: u32, from: u64) -> Result<Option<Recovere
                 removed: false,
             }));
         }
-        std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        dir.remove_pack(id)?;
         return Ok(Some(Recovered {
             report,
             truncated: 0,

@@ -2,7 +2,7 @@
 //! and figures. Every request goes through [`Shared::call`], which applies
 //! the circuit breaker, the fatal-errors option and the counters.
 
-use std::path::PathBuf;
+use crate::blobs::BlobHash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ enum Body {
     /// The stored bytes, already in `Codec`.
     Stored(Codec, Vec<u8>),
     /// The local blob file, holding the stored bytes in `Codec`.
-    File(PathBuf, Codec),
+    File(crate::blobs::Blobs, BlobHash, Codec),
 }
 
 impl Tier {
@@ -246,7 +246,8 @@ fn body_of(
     let codec = codec_of(report.compressed);
     if !report.inline {
         return Ok(Some(Body::File(
-            store.blob_store().path_for(&report.hash),
+            store.blob_store().clone(),
+            report.hash,
             codec,
         )));
     }
@@ -496,14 +497,16 @@ impl Shared {
                 None => (Codec::Raw, raw),
             })),
             Body::Stored(codec, stored) => Ok(Some((codec, stored))),
-            Body::File(path, codec) => match read_blob_file(&path, self.opts.max_payload) {
-                Ok(stored) => Ok(stored.map(|s| (codec, s))),
-                Err(e) if self.opts.fatal_errors => Err(e),
-                Err(e) => {
-                    log::debug!("not sending {}: {e}", path.display());
-                    Ok(None)
+            Body::File(blobs, hash, codec) => {
+                match read_blob_file(&blobs, &hash, self.opts.max_payload) {
+                    Ok(stored) => Ok(stored.map(|s| (codec, s))),
+                    Err(e) if self.opts.fatal_errors => Err(e),
+                    Err(e) => {
+                        log::debug!("not sending blob {hash}: {e}");
+                        Ok(None)
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -538,10 +541,15 @@ impl Shared {
 
 /// The stored bytes of a local blob file (never through a symlink);
 /// `None` when it is gone or over `max` bytes.
-fn read_blob_file(path: &std::path::Path, max: u64) -> Result<Option<Vec<u8>>> {
+fn read_blob_file(
+    blobs: &crate::blobs::Blobs,
+    hash: &BlobHash,
+    max: u64,
+) -> Result<Option<Vec<u8>>> {
     use crate::error::IoContext;
     use std::io::Read;
-    let file = match crate::fsutil::open_read(path) {
+    let path = &blobs.path_for(hash);
+    let file = match blobs.open_stored(hash) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(crate::error::Error::io("open", path, e)),

@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,60 @@ pub fn cli(dir: &Path) -> Command {
     c.arg("--dir").arg(dir);
     c.env_remove("BLOBCACHE_DIR").env("RUST_LOG", "error");
     c
+}
+
+/// Runs the CLI on `dir` with `args`, feeding `stdin` from a thread.
+pub fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut c = cli(dir);
+    c.args(args);
+    run_cmd(c, stdin)
+}
+
+/// Runs `c`, feeding `stdin` from a thread.
+pub fn run_cmd(mut c: Command, stdin: &[u8]) -> Output {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The child may not read its stdin at all: ignore broken pipes.
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+/// Exit code of a finished CLI run.
+pub fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+/// Stderr of a finished CLI run, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts exit code `want`, with the output in the message
+/// (stdout only by length when it is large).
+pub fn run_code(dir: &Path, args: &[&str], stdin: &[u8], want: i32) -> Output {
+    let o = run(dir, args, stdin);
+    let stdout = if o.stdout.len() > 4096 {
+        format!("{} bytes", o.stdout.len())
+    } else {
+        format!("{:?}", String::from_utf8_lossy(&o.stdout))
+    };
+    assert_eq!(
+        code(&o),
+        want,
+        "blobcache {args:?}: stdout {stdout}, stderr {:?}",
+        stderr(&o)
+    );
+    o
 }
 
 /// A fresh temp dir holding a store driven by a manual clock at t = 1e12 ms.
