@@ -264,7 +264,7 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S:
 }
 
 impl Store {
-    /// Runs one GC sweep (see the module docs of `gc` in DESIGN.md): expiry
+    /// Runs one GC sweep (see the module docs): expiry
     /// past the grace period, orphan blobs, staging files, the size cap,
     /// and optional recompression. Only one sweep runs at a time per cache;
     /// another one gets [`Error::SweepRunning`] or waits, per
@@ -857,8 +857,9 @@ fn background_sweep(store: &Store, weak: &WeakStore) -> bool {
 
 /// Test hooks: let a test stop a put between placing its blob and inserting
 /// its record, to drive the put/GC race deterministically. Not part of the
-/// supported API.
+/// supported API: exported as `test_hooks` with the `test_hooks` feature.
 #[doc(hidden)]
+#[cfg_attr(not(feature = "test_hooks"), allow(dead_code))]
 pub mod hooks {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};

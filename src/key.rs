@@ -4,7 +4,8 @@
 //! encoded as `len(backend) as u8 ++ backend ++ signature`: the length prefix
 //! makes the encoding injective (no two pairs share bytes) and puts all the
 //! entries of one backend under one prefix, ordered by signature, so listing a
-//! backend or a signature prefix is one sled range scan (DESIGN.md invariant 7).
+//! backend or a signature prefix is one sled range scan (ARCHITECTURE.md
+//! §2, invariant 6).
 
 use std::collections::BTreeMap;
 use std::fmt;

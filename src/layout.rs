@@ -1,4 +1,4 @@
-//! The cache directory (DESIGN.md §3):
+//! The cache directory (ARCHITECTURE.md §2):
 //!
 //! ```text
 //! <dir>/

@@ -19,8 +19,14 @@
 //! # }
 //! ```
 //!
-//! See `DESIGN.md` for the on-disk layout and the guarantees, and
-//! [`Store`] for the API.
+//! See `ARCHITECTURE.md` for the layers, the on-disk format and its
+//! invariants, and [`Store`] for the API.
+//!
+//! Features: `redis` (default) adds the shared remote tier; `cli`
+//! (default) builds the `blobcache` binary and its dependencies:
+//! embedders that want the library alone use `default-features = false`.
+//! `testkit`, `fuzzing` and `test_hooks` expose helpers for this crate's
+//! tests, benches and fuzz targets; they are not a stable API.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -35,6 +41,7 @@ pub mod engine;
 mod error;
 mod fetch;
 mod fsutil;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;
@@ -55,6 +62,7 @@ mod reserve;
 mod secrets;
 mod share;
 mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod typed;
 mod verify;
@@ -67,6 +75,7 @@ pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, FetchError, Result};
 pub use fetch::{CacheControl, Fetch, FetchStatus, Fetched};
+#[cfg(feature = "test_hooks")]
 #[doc(hidden)]
 pub use gc::hooks as test_hooks;
 pub use gc::{GcOptions, GcProgress, GcReport, GcStep};

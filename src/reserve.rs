@@ -1,6 +1,6 @@
 //! The space reserve: `locks/space.reserve`, a file of [`RESERVE_BYTES`]
 //! allocated blocks kept while the disk has room, so that a full disk
-//! never locks the cache out of its own index (DESIGN.md §3, invariant 7).
+//! never locks the cache out of its own index (ARCHITECTURE.md §2, invariant 7).
 //!
 //! Opening the index writes (sled's log, a journal segment, a checkpoint),
 //! and so do `rm`, `clear` and `gc`: on a full disk they would all fail

@@ -1204,7 +1204,7 @@ impl Iterator for Entries {
 
 /// Opens the index as owner or guest; on a full disk releases the space
 /// reserve and tries again; on a read-only (or still full) disk opens a
-/// private read-only copy instead (DESIGN.md §3, invariant 7).
+/// private read-only copy instead (ARCHITECTURE.md §2, invariant 7).
 fn open_share(
     layout: &Layout,
     cfg: IndexConfig,

@@ -652,8 +652,22 @@ fn get_output_file_is_atomic_and_errors_leave_nothing() {
 fn every_subcommand_has_help_with_examples() {
     let dir = tempfile::tempdir().unwrap();
     for sub in [
-        "put", "get", "rm", "touch", "ls", "clear", "stats", "health", "verify", "gc", "export",
-        "import", "serve",
+        "put",
+        "get",
+        "fetch",
+        "rm",
+        "touch",
+        "ls",
+        "clear",
+        "stats",
+        "health",
+        "verify",
+        "gc",
+        "export",
+        "import",
+        "serve",
+        "completions",
+        "man",
     ] {
         let o = run_code(dir.path(), &[sub, "--help"], b"", 0);
         let text = String::from_utf8(o.stdout).unwrap();
@@ -1444,4 +1458,312 @@ fn messages_are_one_line_quiet_on_a_miss_and_free_of_internals() {
         assert!(err.is_ascii(), "raw bytes in {err:?}");
         assert!(marker.is_empty() || !err.contains(marker), "{err}");
     }
+}
+
+/// Standard output of a successful run, as text.
+fn stdout_text(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8(run_code(dir, args, b"", 0).stdout).unwrap()
+}
+
+#[test]
+fn bash_completion_loads_and_completes_subcommands_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = d.join("blobcache.bash");
+    std::fs::write(&script, stdout_text(d, &["completions", "bash"])).unwrap();
+    // Load it in a real bash, then ask it what follows `blobcache ` and
+    // `blobcache ls --so`.
+    let probe = format!(
+        "set -e; source {}; complete -p blobcache; \
+         COMP_WORDS=(blobcache ''); COMP_CWORD=1; COMP_LINE='blobcache '; COMP_POINT=10; \
+         _blobcache blobcache '' blobcache; echo \"subs: ${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(blobcache ls --so); COMP_CWORD=2; \
+         _blobcache blobcache --so ls; echo \"flags: ${{COMPREPLY[*]}}\"",
+        script.display()
+    );
+    let o = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &probe])
+        .output()
+        .expect("bash is required for this test");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text} {}", stderr(&o));
+    assert!(text.contains("-F _blobcache blobcache"), "{text}");
+    let subs = text.lines().find(|l| l.starts_with("subs:")).unwrap();
+    for sub in ["put", "get", "ls", "gc", "completions", "man"] {
+        assert!(subs.split(' ').any(|w| w == sub), "{sub} in {subs}");
+    }
+    let flags = text.lines().find(|l| l.starts_with("flags:")).unwrap();
+    assert!(flags.contains("--sort"), "{flags}");
+    for shell in ["zsh", "fish"] {
+        let s = stdout_text(d, &["completions", shell]);
+        assert!(
+            s.contains("blobcache") && s.contains("completions"),
+            "{shell}"
+        );
+    }
+    let err = assert_one_line_error(&run(d, &["completions", "tcsh"], b""));
+    assert!(err.contains("bash"), "{err}");
+    assert!(!d.join("VERSION").exists(), "no cache created");
+}
+
+#[test]
+fn man_page_renders_with_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let page = stdout_text(d, &["man"]);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH blobcache 1"),
+        "{page:.200}"
+    );
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
+        assert!(page.contains(section), "{section}");
+    }
+    // Rendered by groff when present (.ci/run installs it); otherwise only
+    // the roff structure above is checked.
+    let Ok(o) = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(page.as_bytes())?;
+            c.wait_with_output()
+        })
+    else {
+        eprintln!("groff not found: only the roff structure was checked");
+        return;
+    };
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "groff warnings");
+    let o = std::process::Command::new("groff")
+        .args(["-man", "-Tascii", "-P-cbou"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(page.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    for word in [
+        "NAME",
+        "SYNOPSIS",
+        "--dir",
+        "--json",
+        "fetch",
+        "blobcache-completions(1)",
+    ] {
+        assert!(text.contains(word), "{word} in {text:.400}");
+    }
+}
+
+#[test]
+fn verbose_says_what_it_does_and_keeps_sled_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "b", "s", b"x", &[]);
+    let o = run_env(d, &["-v", "get", "b", "s"], &[], b"");
+    assert_eq!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(err.contains("opened") && err.contains("owns it"), "{err}");
+    let env = run_env(d, &["get", "b", "s"], &[("BLOBCACHE_VERBOSE", "1")], b"");
+    assert!(stderr(&env).contains("opened"), "{}", stderr(&env));
+    // -vvv traces our own crate; sled stays at info (it printed thousands
+    // of lines for one get at trace).
+    let o = run_env(d, &["-vvv", "get", "b", "s"], &[], b"");
+    assert_eq!(code(&o), 0);
+    let lines = stderr(&o).lines().count();
+    assert!((1..200).contains(&lines), "{lines} lines: {}", stderr(&o));
+    let quiet = run_env(d, &["get", "b", "s"], &[], b"");
+    assert_eq!(stderr(&quiet), "");
+}
+
+#[test]
+fn ttls_and_expiries_print_in_whole_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (ttl, shown) in [
+        ("1y", "in 1 year"),
+        ("90m", "in 1h 30m"),
+        ("3d", "in 3 days"),
+    ] {
+        let o = put(d, "b", ttl, b"x", &["--ttl", ttl]);
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.contains(&format!("expires {shown}")), "{ttl}: {text}");
+    }
+    let long = ls_lines(d, &["ls", "--long"]);
+    let header = long[0].find("EXPIRES").unwrap();
+    let hits = long[0].find("HITS").unwrap();
+    for row in &long[1..] {
+        assert_eq!(row.find(" in ").map(|i| i + 1), Some(header), "{long:?}");
+        assert!(row.len() > hits && row.ends_with('0'), "{long:?}");
+    }
+}
+
+#[test]
+fn ls_sorts_filters_and_limits_and_orders_backends_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "zz", "a", b"1", &["--ttl", "1h"]);
+    put(
+        d,
+        "anilist",
+        "b",
+        b"333",
+        &["--ttl", "3h", "--category", "list"],
+    );
+    put(d, "anilist", "a", b"22", &["--ttl", "2h"]);
+    for _ in 0..2 {
+        run_code(d, &["get", "zz", "a"], b"", 0);
+    }
+    run_code(d, &["get", "anilist", "b"], b"", 0);
+    let names = ["anilist\ta", "anilist\tb", "zz\ta"];
+    assert_eq!(ls_lines(d, &["ls"]), names);
+    assert_eq!(ls_lines(d, &["ls", "--sort", "name"]), names);
+    assert_eq!(
+        ls_lines(d, &["ls", "--sort", "size"]),
+        ["anilist\tb", "anilist\ta", "zz\ta"]
+    );
+    assert_eq!(
+        ls_lines(d, &["ls", "--sort", "expires"]),
+        ["zz\ta", "anilist\ta", "anilist\tb"]
+    );
+    assert_eq!(
+        ls_lines(d, &["ls", "--sort", "hits", "--limit", "2"]),
+        ["zz\ta", "anilist\tb"]
+    );
+    assert_eq!(ls_lines(d, &["ls", "--category", "LIST"]), ["anilist\tb"]);
+    assert_eq!(ls_lines(d, &["ls", "--limit", "0"]), Vec::<String>::new());
+    let v = json(&run_code(
+        d,
+        &["--json", "ls", "--sort", "size", "--limit", "1"],
+        b"",
+        0,
+    ));
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    assert_eq!(v[0]["raw_size"], 3);
+    for bad in [
+        &["ls", "--sort", "colour"][..],
+        &["ls", "--category", "misc"],
+    ] {
+        assert_one_line_error(&run(d, bad, b""));
+    }
+    // stats lists backends by name too.
+    let v = json(&run_code(d, &["--json", "stats"], b"", 0));
+    let order: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["anilist", "zz"]);
+}
+
+#[test]
+fn global_flags_have_environment_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = run_env(
+        d,
+        &["put", "b", "s", "-"],
+        &[("BLOBCACHE_QUIET", "1")],
+        b"x",
+    );
+    assert_eq!((code(&o), o.stdout.len()), (0, 0), "{}", stderr(&o));
+    let o = run_env(
+        d,
+        &["put", "b", "s", "-"],
+        &[("BLOBCACHE_QUIET", "0")],
+        b"x",
+    );
+    assert!(!o.stdout.is_empty(), "0 is false");
+    let o = run_env(
+        d,
+        &["put", "b", "s", "-"],
+        &[("BLOBCACHE_JSON", "true")],
+        b"x",
+    );
+    assert_eq!(json(&o)["raw_size"], 1);
+    let o = run_env(d, &["ls"], &[("BLOBCACHE_OWNER_TIMEOUT", "soon")], b"");
+    let err = assert_one_line_error(&o);
+    assert!(err.contains("soon"), "{err}");
+    // Every global flag of the help names its variable.
+    let help = stdout_text(d, &["--help"]);
+    for var in [
+        "BLOBCACHE_DIR",
+        "BLOBCACHE_JSON",
+        "BLOBCACHE_QUIET",
+        "BLOBCACHE_VERBOSE",
+        "BLOBCACHE_DENY_SECRET",
+        "BLOBCACHE_DROP_HEADER",
+        "BLOBCACHE_OWNER_TIMEOUT",
+        "BLOBCACHE_REMOTE",
+        "BLOBCACHE_REMOTE_PREFIX",
+        "BLOBCACHE_REMOTE_READ_ONLY",
+        "BLOBCACHE_REMOTE_DELETE",
+    ] {
+        assert!(help.contains(var), "{var}");
+    }
+}
+
+#[test]
+fn fetch_runs_the_command_on_a_miss_only_and_serves_stale_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().join("cache");
+    let runs = dir.path().join("runs");
+    let script = format!("printf '{{\"id\":603}}'; echo run >> {}", runs.display());
+    let fetch = |sig: &str, extra: &[&str], cmd: &[&str]| {
+        let args = [&["fetch", "tmdb", sig][..], extra, &["--"], cmd].concat();
+        run(d, &args, b"")
+    };
+    let runs_so_far = || std::fs::read_to_string(&runs).map_or(0, |s| s.lines().count());
+    let o = fetch("movie/603", &["--ttl", "1h"], &["sh", "-c", &script]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(o.stdout, b"{\"id\":603}");
+    assert_eq!(runs_so_far(), 1);
+    // A hit: the command does not run again.
+    let o = fetch("movie/603", &[], &["sh", "-c", &script]);
+    assert_eq!((code(&o), &o.stdout[..]), (0, &b"{\"id\":603}"[..]));
+    assert_eq!(runs_so_far(), 1);
+    assert_eq!(get(d, "tmdb", "movie/603").stdout, b"{\"id\":603}");
+    assert_eq!(ttl_ms(&meta(d, "tmdb", "movie/603")), 3_600_000);
+
+    // A failing command stores nothing, even what it printed.
+    let err = assert_one_line_error(&fetch(
+        "movie/1",
+        &[],
+        &["sh", "-c", "printf partial; exit 7"],
+    ));
+    assert!(
+        err.contains("exited with 7") && err.contains("nothing stored"),
+        "{err}"
+    );
+    assert_eq!(code(&get(d, "tmdb", "movie/1")), 1);
+    let err = assert_one_line_error(&fetch("movie/1", &[], &["/no/such/program"]));
+    assert!(err.contains("cannot run"), "{err}");
+
+    // Expired, and the upstream fails: the stale entry is served, exit 3.
+    put(d, "tmdb", "movie/2", b"old", &["--ttl", "0s"]);
+    let o = fetch("movie/2", &[], &["false"]);
+    assert_eq!(
+        (code(&o), &o.stdout[..]),
+        (3, &b"old"[..]),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("stale"), "{}", stderr(&o));
+    let o = fetch("movie/2", &["--stale-if-error", "0s"], &["false"]);
+    assert_eq!(code(&o), 2, "outside the window: {}", stderr(&o));
+    // Expired, and the upstream answers: refreshed.
+    let o = fetch("movie/2", &[], &["printf", "new"]);
+    assert_eq!((code(&o), &o.stdout[..]), (0, &b"new"[..]));
+    assert_eq!(get(d, "tmdb", "movie/2").stdout, b"new");
+
+    // The command is required, after `--`.
+    assert_one_line_error(&run(d, &["fetch", "tmdb", "movie/3"], b""));
+    assert_one_line_error(&run(d, &["fetch", "tmdb", "", "--", "true"], b""));
 }

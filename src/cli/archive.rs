@@ -89,6 +89,16 @@ fn parse_merge(s: &str) -> Result<MergePolicy, String> {
     s.parse()
 }
 
+/// Blob members done and expected.
+fn blob_counts(p: &blobcache::Progress) -> (u64, u64) {
+    (p.blobs_done, p.blobs_total)
+}
+
+/// Stored blob bytes done and expected.
+fn byte_counts(p: &blobcache::Progress) -> (u64, u64) {
+    (p.bytes_done, p.bytes_total)
+}
+
 fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
@@ -97,14 +107,17 @@ fn is_stdio(path: &Path) -> bool {
 pub fn export(a: ExportArgs, ctx: &Ctx) -> Result<Status, Error> {
     // A mistyped --dir must not pass for an empty cache: export never
     // creates one, and writes no archive.
-    let Some(store) = ctx.open_existing()? else {
+    // (Checked here, not by open_existing: with --remote that one creates
+    // the cache.)
+    if !ctx.dir.exists() {
         return Err(Error::NotACache {
             path: ctx.dir.clone(),
             reason:
                 "it does not exist (is --dir or BLOBCACHE_DIR mistyped?); no archive was written"
                     .into(),
         });
-    };
+    }
+    let store = ctx.open()?;
     let mut opts = ExportOptions::default().live_only(a.live_only);
     for b in &a.backends {
         opts = opts.backend(b.as_str());
@@ -116,8 +129,8 @@ pub fn export(a: ExportArgs, ctx: &Ctx) -> Result<Status, Error> {
         opts = opts.accessed_since(t);
     }
     let bar = Progress::start(ctx, "exporting", 0);
-    let step = bar.stepper();
-    let opts = opts.progress(move |p| step("exporting", p.blobs_done, Some(p.blobs_total)));
+    let step = bar.byte_stepper();
+    let opts = opts.progress(move |p| step("exporting blob", blob_counts(p), byte_counts(p)));
     let to_stdout = is_stdio(&a.file);
     let report = if to_stdout {
         let stdout = output::binary_stdout()?;
@@ -163,12 +176,12 @@ fn skipped_note(skipped: u64) -> String {
 pub fn import(a: ImportArgs, ctx: &Ctx) -> Result<Status, Error> {
     let store = ctx.open()?;
     let bar = Progress::start(ctx, "importing", 0);
-    let step = bar.stepper();
+    let step = bar.byte_stepper();
     let opts = ImportOptions::default()
         .merge(a.merge)
         .ttl_shift(a.ttl_shift)
         .skip_damaged(a.skip_damaged)
-        .progress(move |p| step("importing", p.blobs_done, Some(p.blobs_total)));
+        .progress(move |p| step("importing blob", blob_counts(p), byte_counts(p)));
     let report = if is_stdio(&a.file) {
         let stdin = io::stdin();
         if stdin.is_terminal() {

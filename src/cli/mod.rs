@@ -8,7 +8,9 @@
 mod archive;
 mod check;
 mod clear;
+mod docs;
 mod entry;
+mod fetch;
 mod gc;
 mod get;
 mod ls;
@@ -23,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blobcache::{DEFAULT_REMOTE_PREFIX, Error, RemoteOptions, Store, StoreOptions};
+use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
 
 /// What a command that did not fail reports through the exit code.
@@ -33,6 +36,9 @@ pub enum Status {
     /// Exit code 1: nothing found (a miss, an absent entry), problems
     /// found, or a prompt declined.
     NotFound,
+    /// Exit code 3: `fetch` served a stale entry because its command
+    /// failed.
+    Stale,
 }
 
 const ABOUT: &str =
@@ -51,7 +57,8 @@ Exit codes:
   0  success; for `get`, a hit
   1  nothing found: a miss, an absent entry for rm/touch, problems found by
      health or verify, or a declined confirmation
-  2  error (the message on stderr says what failed and what to do)";
+  2  error (the message on stderr says what failed and what to do)
+  3  fetch served a stale entry because its command failed";
 
 /// The `blobcache` command line.
 #[derive(Parser, Debug)]
@@ -63,7 +70,7 @@ pub struct Cli {
 
     /// Machine-readable output: one JSON document on stdout (field names
     /// are stable; see README).
-    #[arg(long, global = true, env = "BLOBCACHE_JSON")]
+    #[arg(long, global = true, env = "BLOBCACHE_JSON", value_parser = FalseyValueParser::new())]
     json: bool,
 
     /// Only errors on stderr: no progress bars, no warnings, no
@@ -73,6 +80,7 @@ pub struct Cli {
         long,
         global = true,
         env = "BLOBCACHE_QUIET",
+        value_parser = FalseyValueParser::new(),
         conflicts_with = "verbose"
     )]
     quiet: bool,
@@ -142,12 +150,22 @@ pub struct Cli {
 
     /// Read through the remote tier but never write or delete anything
     /// there (for untrusted jobs, such as pull-request CI).
-    #[arg(long, global = true, env = "BLOBCACHE_REMOTE_READ_ONLY")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_READ_ONLY",
+        value_parser = FalseyValueParser::new()
+    )]
     remote_read_only: bool,
 
     /// Make rm and clear remove the entries from the remote tier as well
     /// (by default they touch the local cache only).
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBCACHE_REMOTE_DELETE",
+        value_parser = FalseyValueParser::new()
+    )]
     remote_delete: bool,
 
     /// With a rediss:// remote: trust the CA certificates in this PEM file
@@ -192,6 +210,9 @@ enum Command {
     Put(put::PutArgs),
     /// Write a cached payload to standard output or a file.
     Get(get::GetArgs),
+    /// Print a cached payload, or run a command on a miss and store what
+    /// it prints.
+    Fetch(fetch::FetchArgs),
     /// Remove an entry.
     Rm(entry::RmArgs),
     /// Give an entry a new time to live, counted from now.
@@ -215,6 +236,11 @@ enum Command {
     /// Hold the cache open as its owner, with background GC, until stdin
     /// closes (the long-running mode).
     Serve(serve::ServeArgs),
+    /// Write a shell completion script (bash, zsh, fish, ...) to standard
+    /// output.
+    Completions(docs::CompletionsArgs),
+    /// Write the manual page (roff) to standard output.
+    Man(docs::ManArgs),
 }
 
 impl Command {
@@ -222,6 +248,7 @@ impl Command {
         match self {
             Command::Put(a) => put::run(a, ctx),
             Command::Get(a) => get::run(a, ctx),
+            Command::Fetch(a) => fetch::run(a, ctx),
             Command::Rm(a) => entry::rm(a, ctx),
             Command::Touch(a) => entry::touch(a, ctx),
             Command::Ls(a) => ls::run(a, ctx),
@@ -233,6 +260,8 @@ impl Command {
             Command::Export(a) => archive::export(a, ctx),
             Command::Import(a) => archive::import(a, ctx),
             Command::Serve(a) => serve::run(a, ctx),
+            Command::Completions(a) => docs::completions(a),
+            Command::Man(a) => docs::man(a),
         }
     }
 }
@@ -273,7 +302,13 @@ impl Ctx {
 
     /// Opens the cache, creating it when missing.
     pub fn open(&self) -> Result<Store, Error> {
-        let store = Store::open(&self.dir, self.store_options())?;
+        self.open_with(self.store_options())
+    }
+
+    /// Opens the cache with `opts` (built on [`Ctx::store_options`]),
+    /// creating it when missing.
+    pub fn open_with(&self, opts: StoreOptions) -> Result<Store, Error> {
+        let store = Store::open(&self.dir, opts)?;
         log::info!("opened {} ({})", self.dir.display(), role(&store));
         Ok(store)
     }
@@ -388,7 +423,12 @@ pub fn main() -> ExitCode {
     };
     init_logging(&cli);
     let remote = remote_options(&cli);
-    let result = default_dir_or(cli.dir).and_then(|dir| {
+    // Completions and the man page need no cache directory.
+    let dir = match cli.command {
+        Command::Completions(_) | Command::Man(_) => Ok(cli.dir.unwrap_or_default()),
+        _ => default_dir_or(cli.dir),
+    };
+    let result = dir.and_then(|dir| {
         let ctx = Ctx {
             dir,
             json: cli.json,
@@ -403,6 +443,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Status::Done) => ExitCode::SUCCESS,
         Ok(Status::NotFound) => ExitCode::from(1),
+        Ok(Status::Stale) => ExitCode::from(3),
         // The reader of our output went away (`| head`): not our failure.
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

@@ -38,13 +38,8 @@ pub struct PutArgs {
     signature: String,
     /// File holding the payload; `-` or nothing reads standard input.
     file: Option<PathBuf>,
-    /// Time to live, e.g. 90s, 72h, 30d, '1h 30m' [default: by category].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    ttl: Option<Duration>,
-    /// metadata (72h), list (24h), schedule (1h), trending (1h) or
-    /// offline_dump (30d), in any case; it sets the default TTL.
-    #[arg(long, default_value = "metadata", value_parser = parse_category)]
-    category: Category,
+    #[command(flatten)]
+    entry: EntryArgs,
     /// A response header to keep, as 'Name: value'. Repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -56,9 +51,35 @@ pub struct PutArgs {
     /// --ttl or the category applies when the header says nothing.
     #[arg(long)]
     honor_cache_control: bool,
+}
+
+/// The flags of a stored entry shared by `put` and `fetch`.
+#[derive(Args, Debug)]
+pub struct EntryArgs {
+    /// Time to live, e.g. 90s, 72h, 30d, '1h 30m' [default: by category].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// metadata (72h), list (24h), schedule (1h), trending (1h) or
+    /// offline_dump (30d), in any case; it sets the default TTL.
+    #[arg(long, default_value = "metadata", value_parser = parse_category)]
+    category: Category,
     /// Never evict this entry to meet gc's size cap (it still expires).
     #[arg(long)]
     pin: bool,
+}
+
+impl EntryArgs {
+    /// The put options these flags ask for; `ttl` (from a Cache-Control
+    /// header) overrides `--ttl`.
+    pub fn options(&self, ttl: Option<Duration>) -> PutOptions {
+        let opts = PutOptions::new()
+            .category(self.category.clone())
+            .pinned(self.pin);
+        match ttl.or(self.ttl) {
+            Some(ttl) => opts.ttl(ttl),
+            None => opts,
+        }
+    }
 }
 
 /// Refuses an empty signature: on the command line it is almost always a
@@ -121,10 +142,6 @@ struct PutJson<'a> {
 
 /// Runs `put`.
 pub fn run(a: PutArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let mut opts = PutOptions::new()
-        .category(a.category.clone())
-        .pinned(a.pin)
-        .headers(a.headers.iter().cloned());
     let cache_control = a.honor_cache_control.then(|| {
         Fetched::new(Vec::new())
             .headers(a.headers.iter().cloned())
@@ -133,9 +150,10 @@ pub fn run(a: PutArgs, ctx: &Ctx) -> Result<Status, Error> {
     if cache_control.as_ref().is_some_and(Fetched::is_no_store) {
         return not_stored(&a, ctx);
     }
-    if let Some(ttl) = cache_control.and_then(|f| f.get_ttl()).or(a.ttl) {
-        opts = opts.ttl(ttl);
-    }
+    let mut opts = a
+        .entry
+        .options(cache_control.and_then(|f| f.get_ttl()))
+        .headers(a.headers.iter().cloned());
     let content_type = a
         .content_type
         .clone()

@@ -60,7 +60,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> Result<Status, Error> {
     if let Some(cap) = a.max_size {
         opts = opts.max_size(cap);
     }
-    let store = Store::open(&ctx.dir, opts)?;
+    let store = ctx.open_with(opts)?;
     announce(&store, ctx)?;
     if a.until_killed {
         loop {

@@ -1,4 +1,4 @@
-//! How several processes use one cache (DESIGN.md §4).
+//! How several processes use one cache (ARCHITECTURE.md §3).
 //!
 //! sled admits one process per database. The first process to take
 //! `locks/owner.lock` becomes the **owner**: it opens the index and serves
