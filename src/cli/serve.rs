@@ -58,6 +58,7 @@ struct ServeJson {
 pub fn run(a: ServeArgs, ctx: &Ctx) -> Result<Status, Error> {
     let mut opts = StoreOptions::default()
         .owner_timeout(ctx.owner_timeout)
+        .standby(true)
         .gc_interval(a.gc_interval);
     if let Some(cap) = a.max_size {
         opts = opts.max_size(cap);

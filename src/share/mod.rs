@@ -13,7 +13,11 @@
 //! open the index (replaying the journal), bind a fresh socket and become
 //! the owner; or, if another guest won that race, connect to the new
 //! owner. The request is then asked again, so the caller never sees the
-//! change. Ops are safe to ask twice: a put re-applied sets the same
+//! change (it keeps failing over for as long as the owner timeout; each
+//! short-lived owner that exits during a request costs it one failover).
+//! A long-running guest can stand by ([`crate::StoreOptions::standby`],
+//! as `blobcache serve` does): it takes over the moment the owner is gone,
+//! so that short-lived processes find a lasting owner. Ops are safe to ask twice: a put re-applied sets the same
 //! record, a delete of a missing key is a no-op.
 //!
 //! **Without sockets** (exclusive mode, a socket path too long for the
@@ -46,8 +50,16 @@ use crate::record::{BlobInfo, Record};
 use crate::store::{Inner, Store};
 use crate::verify::{VerifyOptions, VerifyReport};
 
-/// How many times one request may trigger a failover before giving up.
+/// A request fails over at least this many times, and for at least the
+/// owner timeout, before giving up. Short-lived owners (CLI calls that
+/// found no owner) hand over whenever they exit, so under churn one request
+/// can meet several of them: a count alone made such requests fail.
 const FAILOVERS: usize = 8;
+
+/// How often a guest standing by checks whether the owner is gone.
+const STANDBY_POLL: Duration = Duration::from_millis(50);
+/// Pause after a failed take-over before the next try.
+const STANDBY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A guest sends its gathered statistics once this many keys are pending
 /// (or once per flush interval).
@@ -249,6 +261,32 @@ impl Share {
         Ok(())
     }
 
+    /// Becomes the owner if the owner lock is free (its owner exited or
+    /// died); true once this process owns the index.
+    fn take_over_if_free(&self) -> Result<bool> {
+        let reset = {
+            let mut cur = self.write_current()?;
+            if matches!(cur.role, Role::Owner(_)) {
+                return Ok(true);
+            }
+            let Some(lock) = self.p.layout.try_lock("owner.lock")? else {
+                return Ok(false);
+            };
+            let (role, reset) = self.p.become_owner(lock, self.store.get())?;
+            log::info!(
+                "took over the cache {}: its owner is gone",
+                self.p.layout.root.display()
+            );
+            cur.role = role;
+            cur.generation += 1;
+            reset
+        };
+        if reset {
+            self.rebuild_after_reset()?;
+        }
+        Ok(true)
+    }
+
     fn rebuild_after_reset(&self) -> Result<()> {
         if let Some(inner) = self.store.get().and_then(Weak::upgrade) {
             crate::verify::rebuild_counts(&Store::from_inner(inner))?;
@@ -265,7 +303,9 @@ impl Share {
         unpack: impl Fn(Response) -> Option<T>,
     ) -> Result<T> {
         let mut local = Some(local);
-        for _ in 0..FAILOVERS {
+        let mut failovers = 0;
+        let mut first_failover: Option<Instant> = None;
+        loop {
             let (seen, client) = {
                 let cur = self.read_current()?;
                 match &cur.role {
@@ -281,7 +321,20 @@ impl Share {
                 }
             };
             match client.call(&req()) {
-                Ok(Response::Retry) | Err(CallError::Gone) => self.failover(seen)?,
+                Ok(Response::Retry) | Err(CallError::Gone) => {
+                    let since = *first_failover.get_or_insert_with(Instant::now);
+                    failovers += 1;
+                    if failovers > FAILOVERS && since.elapsed() >= self.p.timeout {
+                        return Err(Error::Owner {
+                            message: format!(
+                                "the owner changed {failovers} times in {:.1} s during one \
+                                 request",
+                                since.elapsed().as_secs_f64()
+                            ),
+                        });
+                    }
+                    self.failover(seen)?
+                }
                 Ok(Response::Error(e)) => return Err(e.into()),
                 Ok(resp) => {
                     return unpack(resp).ok_or_else(|| Error::Protocol {
@@ -293,9 +346,6 @@ impl Share {
                 Err(CallError::Fatal(e)) => return Err(e),
             }
         }
-        Err(Error::Owner {
-            message: format!("the owner changed {FAILOVERS} times during one request"),
-        })
     }
 
     /// The owned index, for work that only the owner does.
@@ -644,6 +694,36 @@ impl Params {
                 None
             }
         }
+    }
+}
+
+/// Makes a guest store stand by: a thread takes the cache over as soon as
+/// its owner is gone, and ends then or when the store is closed.
+pub(crate) fn stand_by(store: &Store) {
+    if store.is_owner() || store.options().sharing != Sharing::Shared {
+        return;
+    }
+    let weak = store.downgrade();
+    let spawned = std::thread::Builder::new()
+        .name("blobcache-standby".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(STANDBY_POLL);
+                let Some(store) = weak.upgrade() else { return };
+                match store.index().take_over_if_free() {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!("standing by to take over the cache failed: {e}");
+                        std::thread::sleep(STANDBY_BACKOFF);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "could not start standing by ({e}); this process takes over at its next request"
+        );
     }
 }
 
