@@ -17,8 +17,12 @@
 //! short-lived owner that exits during a request costs it one failover).
 //! A long-running guest can stand by ([`crate::StoreOptions::standby`],
 //! as `blobcache serve` does): it takes over the moment the owner is gone,
-//! so that short-lived processes find a lasting owner. Ops are safe to ask twice: a put re-applied sets the same
-//! record, a delete of a missing key is a no-op.
+//! so that short-lived processes find a lasting owner.
+//!
+//! Ops are safe to ask twice: a put re-applied sets the same record, a
+//! delete of a missing key is a no-op (a guest looks the key up first, so
+//! a delete whose answer was lost with the owner still answers that it
+//! removed the entry).
 //!
 //! **Without sockets** (exclusive mode, a socket path too long for the
 //! platform, a filesystem that cannot hold sockets): processes wait for the
@@ -28,6 +32,7 @@ mod client;
 mod server;
 pub(crate) mod wire;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -302,6 +307,19 @@ impl Share {
         req: impl Fn() -> Request,
         unpack: impl Fn(Response) -> Option<T>,
     ) -> Result<T> {
+        self.call_noting_lost(local, req, unpack, &Cell::new(false))
+    }
+
+    /// [`Share::call`], setting `lost` when a request was sent and its
+    /// answer lost with the owner: it may have been applied before the
+    /// request was asked again.
+    fn call_noting_lost<T>(
+        &self,
+        local: impl FnOnce(&Index) -> Result<T>,
+        req: impl Fn() -> Request,
+        unpack: impl Fn(Response) -> Option<T>,
+        lost: &Cell<bool>,
+    ) -> Result<T> {
         let mut local = Some(local);
         let mut failovers = 0;
         let mut first_failover: Option<Instant> = None;
@@ -320,7 +338,11 @@ impl Share {
                     Role::Guest(c) => (cur.generation, c.clone()),
                 }
             };
-            match client.call(&req()) {
+            let answer = client.call(&req());
+            if matches!(answer, Err(CallError::Gone)) {
+                lost.set(true);
+            }
+            match answer {
                 Ok(Response::Retry) | Err(CallError::Gone) => {
                     let since = *first_failover.get_or_insert_with(Instant::now);
                     failovers += 1;
@@ -362,14 +384,29 @@ impl Share {
     }
 
     pub fn apply(&self, op: &Op) -> Result<Outcome> {
-        self.call(
+        // Asked again after a failover, a delete the lost owner had applied
+        // finds nothing: what the entry was before says what to answer.
+        let before = match op {
+            Op::Delete { key, hash } if !self.is_owner() => {
+                let held = self.lookup(key)?.map(|l| l.record.hash);
+                Some(held.is_some_and(|h| hash.is_none_or(|want| want == h)))
+            }
+            _ => None,
+        };
+        let lost = Cell::new(false);
+        let outcome = self.call_noting_lost(
             |ix| ix.apply(op),
             || Request::Apply(op.clone()),
             |r| match r {
                 Response::Outcome(o) => Some(o),
                 _ => None,
             },
-        )
+            &lost,
+        )?;
+        if lost.get() && before == Some(true) && outcome == Outcome::Applied(false) {
+            return Ok(Outcome::Applied(true));
+        }
+        Ok(outcome)
     }
 
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Lookup>> {
