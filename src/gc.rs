@@ -6,27 +6,37 @@
 //!
 //! 1. **expire**: entries expired for longer than the grace period go
 //!    (until then `get_stale` still serves them);
-//! 2. **orphans**: file blobs no entry references, whose file is older than
-//!    the safety window, are deleted; so are blob files the index does not
-//!    know at all;
+//! 2. **orphans**: file blobs no entry references any more (after `rm`,
+//!    `clear`, expiry or eviction) are deleted at once; blob files the index
+//!    does not know at all go once they are older than the safety window;
 //! 3. **staging**: abandoned files in `tmp/` older than the window go;
 //! 4. **evict**: while the cache occupies more than its size cap, the least
-//!    recently used unpinned entries go, their blobs with them;
+//!    recently used unpinned entries with a blob file go, their blobs with
+//!    them; when evicting every such entry could not get under the cap
+//!    (the index, inline payloads and pinned entries take more), nothing is
+//!    evicted and the report says the cache is still over its cap;
 //! 5. **recompress**: old zstd blobs are rewritten at a higher level
 //!    (same bytes, same hash, atomically replaced).
 //!
 //! Deleting a blob file races with puts of the same content, which may have
 //! found the file in place and be about to reference it. The index settles
 //! the race: the sweeper first claims the blob (`Deleting`, only while no
-//! entry references it), then removes the file, then marks it `Gone`. A put
+//! entry references it), then removes the file, then marks it `Gone`. The
+//! claim and a put's reference are both index operations, so one of them
+//! comes first whatever the file's age: a known, unreferenced blob can be
+//! claimed at once. A put
 //! that meets `Deleting` waits; one that meets `Gone` writes the file again
 //! before its record goes in. A blob file the index does not know yet may
 //! belong to a put whose record is not in yet: only its age (older than the
 //! safety window) makes it an orphan. A sweeper killed between claim and
 //! removal leaves a `Deleting` claim: the next sweep, or a put that needs
 //! the blob and finds no sweeper holding `gc.lock`, releases it.
+//!
+//! A dry run walks the same steps and keeps a shadow of what it would have
+//! removed (entries, and references to each blob), so that later steps see
+//! the cache as the real sweep would: its figures are the real sweep's.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::path::Path;
@@ -42,8 +52,8 @@ use crate::blobs::{self, BlobHash};
 use crate::clock::add_ms;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::index::{Op, Outcome};
-use crate::record::{BlobInfo, BlobState, Codec};
+use crate::index::{Op, Outcome, RecordRow};
+use crate::record::{BlobInfo, BlobState, Codec, Record};
 use crate::store::{Store, WeakStore};
 
 /// Name of the sweeper's lock file in `locks/`.
@@ -167,8 +177,9 @@ impl GcOptions {
         self
     }
 
-    /// Report what a sweep would do without changing anything (eviction
-    /// figures are then estimates).
+    /// Report what a sweep would do without changing anything: the figures
+    /// are those the real sweep would report, barring changes made by other
+    /// writers in between.
     pub fn dry_run(mut self, yes: bool) -> Self {
         self.dry_run = yes;
         self
@@ -252,6 +263,10 @@ pub struct GcReport {
     pub disk_bytes_after: u64,
     /// The size cap applied, if any.
     pub max_size: Option<u64>,
+    /// The cache still occupies more than the cap after the sweep: what is
+    /// left (index, inline payloads, pinned entries) cannot be evicted
+    /// below it. Entries are evicted only when that gets under the cap.
+    pub still_over_cap: bool,
     /// The sweep stopped early because its store was closed.
     pub cancelled: bool,
     /// How long the sweep took.
@@ -296,6 +311,8 @@ impl Store {
                 dry_run: opts.dry_run,
                 ..GcReport::default()
             },
+            shadow: Shadow::default(),
+            start: (0, 0),
         };
         sweep.run()?;
         let mut report = sweep.report;
@@ -376,8 +393,21 @@ struct Candidate {
     last_access: u64,
     key: Vec<u8>,
     hash: BlobHash,
-    inline: bool,
     stored_size: u64,
+}
+
+/// What a dry run would have removed so far, so that its later steps see
+/// the cache as the real sweep would. Empty in a real sweep.
+#[derive(Debug, Default)]
+struct Shadow {
+    /// Entries the dry run removed.
+    keys: HashSet<Vec<u8>>,
+    /// References to each blob the dry run dropped.
+    dropped: HashMap<BlobHash, u64>,
+    /// Blobs the dry run deleted.
+    freed: HashSet<BlobHash>,
+    /// What the index's `blob_bytes` would have lost.
+    blob_bytes: u64,
 }
 
 /// One sweep in progress.
@@ -386,19 +416,46 @@ struct Sweep<'a> {
     opts: &'a GcOptions,
     cap: Option<u64>,
     report: GcReport,
+    shadow: Shadow,
+    /// The index's `blob_bytes` and the index's own size when the sweep
+    /// began: eviction decides on these less what the sweep freed, so a
+    /// dry run decides as the real sweep does (the journal growing with
+    /// the sweep's own changes is not something eviction can free).
+    start: (u64, u64),
 }
 
 impl Sweep<'_> {
     fn run(&mut self) -> Result<()> {
         self.report.max_size = self.cap;
-        self.report.disk_bytes_before = self.store.disk_usage()?;
+        self.start = (
+            self.store.index().state()?.blob_bytes,
+            self.store.index_disk_bytes(),
+        );
+        self.report.disk_bytes_before = self.start.0 + self.start.1;
         self.expire()?;
         self.orphans()?;
         self.staging()?;
         self.evict()?;
         self.recompress()?;
-        self.report.disk_bytes_after = self.store.disk_usage()?;
+        let usage = self.usage()?;
+        self.report.still_over_cap = self.cap.is_some_and(|c| usage > c);
+        self.report.disk_bytes_after = match self.dry() {
+            true => usage,
+            false => self.store.disk_usage()?,
+        };
         Ok(())
+    }
+
+    /// Disk usage as eviction counts it: the blob bytes left (in a dry
+    /// run, what would be left had it done what it reported so far) plus
+    /// the index's size when the sweep began.
+    fn usage(&self) -> Result<u64> {
+        let (blob_bytes, index_bytes) = self.start;
+        let left = match self.dry() {
+            true => blob_bytes.saturating_sub(self.shadow.blob_bytes),
+            false => self.store.index().state()?.blob_bytes,
+        };
+        Ok(left + index_bytes)
     }
 
     fn now(&self) -> u64 {
@@ -426,12 +483,60 @@ impl Sweep<'_> {
         }
     }
 
+    /// References to `hash` left once the entries the sweep removed are
+    /// gone (in a real sweep, the index's count).
+    fn refs_left(&self, hash: &BlobHash, info: &BlobInfo) -> u64 {
+        let dropped = self.shadow.dropped.get(hash).copied().unwrap_or(0);
+        info.refs.saturating_sub(dropped)
+    }
+
+    /// Dry run: removes the entry at `key` (whose blob is `hash`) from the
+    /// shadow, and counts its inline blob (of `inline_size` bytes) as freed
+    /// when that was its last reference.
+    fn drop_in_shadow(
+        &mut self,
+        key: Vec<u8>,
+        hash: BlobHash,
+        inline_size: Option<u64>,
+    ) -> Result<()> {
+        if !self.shadow.keys.insert(key) {
+            return Ok(());
+        }
+        let dropped = self.shadow.dropped.entry(hash).or_default();
+        *dropped += 1;
+        let dropped = *dropped;
+        let Some(size) = inline_size else {
+            return Ok(());
+        };
+        if let Some(info) = self.store.index().blob_info(&hash)?
+            && info.state == BlobState::Live
+            && info.refs == dropped
+        {
+            self.report.bytes_freed += size;
+            self.shadow.blob_bytes += info.disk_bytes;
+        }
+        Ok(())
+    }
+
+    /// The next page of entries after `after` (which it advances), or
+    /// `None` at the end.
+    fn entry_page(&self, after: &mut Option<Vec<u8>>) -> Result<Option<Vec<RecordRow>>> {
+        let page = self.store.index().scan(&[], after.as_deref(), PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(None);
+        };
+        *after = Some(last.clone());
+        Ok(Some(page))
+    }
+
     fn expire(&mut self) -> Result<()> {
-        let index = self.store.index();
         let before = self.now().saturating_sub(ms(self.opts.grace));
+        if self.dry() {
+            return self.expire_in_shadow(before);
+        }
+        let index = self.store.index();
         let total = index.count_expired(before)?;
-        if total == 0 || self.dry() {
-            self.report.entries_expired = total;
+        if total == 0 {
             return Ok(());
         }
         while !self.stopped() {
@@ -451,6 +556,23 @@ impl Sweep<'_> {
             self.report.entries_expired += n;
             self.count_freed_inline(&inline)?;
             self.progress(GcStep::Expire, self.report.entries_expired, Some(total));
+        }
+        Ok(())
+    }
+
+    /// Dry run of [`Sweep::expire`]: every entry expired at `before` goes
+    /// into the shadow.
+    fn expire_in_shadow(&mut self, before: u64) -> Result<()> {
+        let mut after = None;
+        while let Some(page) = self.entry_page(&mut after)? {
+            for (key, rec) in page {
+                let Ok(rec) = rec else { continue };
+                if rec.expires_at <= before {
+                    let inline = rec.inline.then_some(rec.stored_size);
+                    self.drop_in_shadow(key, rec.hash, inline)?;
+                    self.report.entries_expired += 1;
+                }
+            }
         }
         Ok(())
     }
@@ -510,9 +632,9 @@ impl Sweep<'_> {
             seen += page.len() as u64;
             for (hash, info) in page {
                 match info.state {
-                    BlobState::Live
-                        if info.refs == 0 && !info.inline && self.file_is_old(&hash) =>
-                    {
+                    // Known and unreferenced: the claim settles any race
+                    // with a put, so the file's age does not matter.
+                    BlobState::Live if !info.inline && self.refs_left(&hash, &info) == 0 => {
                         self.delete_blob(&hash)?
                     }
                     // Only one sweeper runs, so a claim found now was left
@@ -567,10 +689,7 @@ impl Sweep<'_> {
     /// Deletes an unreferenced file blob: claim, remove the file, mark gone.
     fn delete_blob(&mut self, hash: &BlobHash) -> Result<()> {
         if self.dry() {
-            let path = self.store.blob_store().path_for(hash);
-            self.report.blobs_deleted += 1;
-            self.report.bytes_freed += file_bytes(&path);
-            return Ok(());
+            return self.finish_claim(hash);
         }
         let claim = Op::ClaimBlob {
             hash: *hash,
@@ -582,9 +701,20 @@ impl Sweep<'_> {
         self.finish_claim(hash)
     }
 
-    /// Removes the file of a claimed blob and marks it gone.
+    /// Removes the file of a claimed blob and marks it gone (in a dry run,
+    /// counts what that would free).
     fn finish_claim(&mut self, hash: &BlobHash) -> Result<()> {
         if self.dry() {
+            if !self.shadow.freed.insert(*hash) {
+                return Ok(());
+            }
+            let known = self.store.index().blob_info(hash)?;
+            if let Some(info) = known.filter(|i| i.state == BlobState::Live) {
+                self.shadow.blob_bytes += info.disk_bytes;
+            }
+            let freed = file_bytes(&self.store.blob_store().path_for(hash));
+            self.report.blobs_deleted += 1;
+            self.report.bytes_freed += freed;
             return Ok(());
         }
         let removed = self.store.blob_store().remove(hash);
@@ -620,7 +750,19 @@ impl Sweep<'_> {
         };
         // Access times reach the records in batches: flush them first.
         self.store.index().checkpoint()?;
-        let mut usage = self.store.disk_usage()?;
+        let mut usage = self.usage()?;
+        if usage <= cap {
+            return Ok(());
+        }
+        let floor = usage.saturating_sub(self.evictable_bytes()?);
+        if floor > cap {
+            log::warn!(
+                "still over cap: the cache takes {usage} bytes and evicting every \
+                 unpinned entry with a blob file would leave {floor}, over the cap of \
+                 {cap}; nothing was evicted"
+            );
+            return Ok(());
+        }
         while usage > cap && !self.stopped() {
             let need = usage - cap;
             let candidates = self.lru_candidates(need.saturating_add(need / 4))?;
@@ -632,23 +774,54 @@ impl Sweep<'_> {
                 if usage <= cap || self.stopped() {
                     break;
                 }
-                usage = self.evict_chunk(chunk, usage)?;
+                self.evict_chunk(chunk)?;
+                usage = self.usage()?;
                 self.progress(GcStep::Evict, self.report.entries_evicted, None);
             }
-            if self.dry() || self.report.entries_evicted == before {
+            if self.report.entries_evicted == before {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Evicts one batch and frees the blobs it leaves unreferenced; returns
-    /// the disk usage after it (estimated in a dry run).
-    fn evict_chunk(&mut self, chunk: &[Candidate], usage: u64) -> Result<u64> {
+    /// True for an entry eviction may take: unpinned, with a blob file
+    /// (evicting an inline payload frees no file), not removed already.
+    fn evictable(&self, key: &[u8], rec: &Record) -> bool {
+        !rec.pinned && !rec.inline && !self.shadow.keys.contains(key)
+    }
+
+    /// Bytes of blob files that evicting every evictable entry would free:
+    /// those of blobs no other entry references.
+    fn evictable_bytes(&self) -> Result<u64> {
+        let mut refs: HashMap<BlobHash, u64> = HashMap::new();
+        let mut after = None;
+        while let Some(page) = self.entry_page(&mut after)? {
+            for (key, rec) in page {
+                if let Ok(rec) = rec
+                    && self.evictable(&key, &rec)
+                {
+                    *refs.entry(rec.hash).or_default() += 1;
+                }
+            }
+        }
+        let mut bytes = 0;
+        for (hash, n) in refs {
+            if let Some(info) = self.store.index().blob_info(&hash)?
+                && info.state == BlobState::Live
+                && self.refs_left(&hash, &info) <= n
+            {
+                bytes += info.disk_bytes;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Evicts one batch and frees the blobs it leaves unreferenced (in a
+    /// dry run, in the shadow).
+    fn evict_chunk(&mut self, chunk: &[Candidate]) -> Result<()> {
         if self.dry() {
-            self.report.entries_evicted += chunk.len() as u64;
-            let freed: u64 = chunk.iter().map(|c| c.stored_size).sum();
-            return Ok(usage.saturating_sub(freed));
+            return self.evict_in_shadow(chunk);
         }
         let keys = chunk
             .iter()
@@ -657,13 +830,7 @@ impl Sweep<'_> {
         if let Outcome::Count(n) = self.store.apply(&Op::Evict { keys })? {
             self.report.entries_evicted += n;
         }
-        let inline: HashMap<BlobHash, u64> = chunk
-            .iter()
-            .filter(|c| c.inline)
-            .map(|c| (c.hash, c.stored_size))
-            .collect();
-        self.count_freed_inline(&inline)?;
-        for c in chunk.iter().filter(|c| !c.inline) {
+        for c in chunk {
             let info = self.store.index().blob_info(&c.hash)?;
             // Claiming a known, unreferenced blob is safe at any age: a put
             // that races with it retries.
@@ -671,25 +838,36 @@ impl Sweep<'_> {
                 self.delete_blob(&c.hash)?;
             }
         }
-        self.store.disk_usage()
+        Ok(())
     }
 
-    /// The least recently used unpinned entries whose stored sizes add up
+    fn evict_in_shadow(&mut self, chunk: &[Candidate]) -> Result<()> {
+        for c in chunk {
+            self.drop_in_shadow(c.key.clone(), c.hash, None)?;
+            self.report.entries_evicted += 1;
+        }
+        for c in chunk {
+            if let Some(info) = self.store.index().blob_info(&c.hash)?
+                && info.state == BlobState::Live
+                && self.refs_left(&c.hash, &info) == 0
+            {
+                self.delete_blob(&c.hash)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The least recently used evictable entries whose stored sizes add up
     /// to at least `need` bytes, oldest first. Memory stays proportional to
     /// what is evicted, not to the size of the cache.
     fn lru_candidates(&self, need: u64) -> Result<Vec<Candidate>> {
         let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
         let mut sum = 0u64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.index().scan(&[], after.as_deref(), PAGE)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = Some(last.clone());
+        let mut after = None;
+        while let Some(page) = self.entry_page(&mut after)? {
             for (key, rec) in page {
                 let Ok(rec) = rec else { continue };
-                if rec.pinned {
+                if !self.evictable(&key, &rec) {
                     continue;
                 }
                 sum += rec.stored_size;
@@ -697,7 +875,6 @@ impl Sweep<'_> {
                     last_access: rec.last_access,
                     key,
                     hash: rec.hash,
-                    inline: rec.inline,
                     stored_size: rec.stored_size,
                 });
                 while let Some(top) = heap.peek()
@@ -845,7 +1022,7 @@ fn background_sweep(store: &Store, weak: &WeakStore) -> bool {
     match store.gc(&opts) {
         Ok(r) => {
             log::debug!("background sweep: {r:?}");
-            r.max_size.is_some_and(|cap| r.disk_bytes_after > cap)
+            r.still_over_cap
         }
         Err(Error::SweepRunning { .. }) => false,
         Err(e) => {

@@ -62,6 +62,7 @@ pub struct StoreOptions {
     pub(crate) staging_grace: Duration,
     pub(crate) sharing: Sharing,
     pub(crate) owner_timeout: Duration,
+    pub(crate) standby: bool,
     pub(crate) secrets: SecretGuard,
     pub(crate) stale_if_error: Duration,
     pub(crate) max_size: Option<u64>,
@@ -98,6 +99,7 @@ impl Default for StoreOptions {
             staging_grace: Duration::from_secs(60),
             sharing: Sharing::Shared,
             owner_timeout: Duration::from_secs(10),
+            standby: false,
             secrets: SecretGuard::default(),
             stale_if_error: DEFAULT_STALE_IF_ERROR,
             max_size: None,
@@ -289,6 +291,15 @@ impl StoreOptions {
     /// yields [`crate::Error::OwnerTimeout`] after this long, never a hang.
     pub fn owner_timeout(mut self, timeout: Duration) -> Self {
         self.owner_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A guest that stands by takes the cache over as soon as its owner
+    /// exits or dies (it checks every 50 ms), instead of at its next
+    /// request: for long-running processes such as `blobcache serve`, so
+    /// that short-lived ones find an owner that stays. Default: false.
+    pub fn standby(mut self, yes: bool) -> Self {
+        self.standby = yes;
         self
     }
 

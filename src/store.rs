@@ -252,8 +252,8 @@ pub struct Stats {
     pub blobs: u64,
     /// Sum of the entries' payload sizes (what the cache holds logically).
     pub raw_bytes: u64,
-    /// Bytes the blobs occupy: allocated blocks of blob files plus inline
-    /// blob bytes.
+    /// Bytes the blob files occupy (allocated blocks). Inline blobs are
+    /// stored in the index and counted in [`Stats::index_bytes`].
     pub blob_bytes: u64,
     /// Bytes the index database and its journal occupy on disk
     /// (allocated blocks).
@@ -364,6 +364,9 @@ impl Store {
             crate::verify::rebuild_counts(&store)?;
         }
         store.inner.share.start(Arc::downgrade(&store.inner))?;
+        if store.inner.opts.standby {
+            crate::share::stand_by(&store);
+        }
         crate::gc::start_background(&store);
         Ok(store)
     }
@@ -1129,7 +1132,8 @@ impl Store {
         &self.inner.sweeper
     }
 
-    /// A handle that does not keep the store open (for the sweeper thread).
+    /// A handle that does not keep the store open (for the sweeper and
+    /// standby threads).
     pub(crate) fn downgrade(&self) -> WeakStore {
         WeakStore(Arc::downgrade(&self.inner))
     }

@@ -780,10 +780,71 @@ const GC_FIELDS: &[&str] = &[
     "disk_bytes_before",
     "disk_bytes_after",
     "max_size",
+    "still_over_cap",
     "cancelled",
     "duration_ms",
     "entries_unused",
 ];
+
+#[test]
+fn gc_frees_what_rm_and_expiry_release_and_its_dry_run_says_so_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for i in 0..6u64 {
+        put(
+            d,
+            "b",
+            &format!("gone{i}"),
+            &noise(i, 100_000),
+            &["--ttl", "0s"],
+        );
+        put(d, "b", &format!("rm{i}"), &noise(10 + i, 100_000), &[]);
+        run_code(d, &["rm", "b", &format!("rm{i}")], b"", 0);
+    }
+    put(d, "b", "live", &noise(99, 100_000), &[]);
+    let args = ["--json", "gc", "--grace", "0s"];
+    let dry = json(&run_code(d, &[&args[..], &["--dry-run"]].concat(), b"", 0));
+    let real = json(&run_code(d, &args, b"", 0));
+    for field in ["entries_expired", "blobs_deleted", "bytes_freed"] {
+        assert_eq!(dry[field], real[field], "{field}: dry {dry}, real {real}");
+    }
+    assert_eq!(real["blobs_deleted"], 12, "{real}");
+    assert!(real["bytes_freed"].as_u64().unwrap() >= 1_200_000, "{real}");
+    assert_eq!(get(d, "b", "live").stdout, noise(99, 100_000));
+    assert!(
+        files_under(&d.join("blobs")).len() == 1,
+        "only the live blob is left"
+    );
+}
+
+#[test]
+fn gc_over_a_cap_it_cannot_meet_evicts_nothing_warns_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for i in 0..20u64 {
+        put(
+            d,
+            "b",
+            &format!("k{i}"),
+            format!("{{\"id\":{i}}}").as_bytes(),
+            &[],
+        );
+    }
+    let o = run_code(d, &["gc", "--max-size", "4KiB"], b"", 1);
+    assert!(stderr(&o).contains("still over cap"), "{}", stderr(&o));
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--max-size", "4KiB"],
+        b"",
+        1,
+    ));
+    assert_eq!(
+        (v["entries_evicted"].clone(), v["still_over_cap"].clone()),
+        (0.into(), true.into())
+    );
+    let v = json(&run_code(d, &["--json", "stats"], b"", 0));
+    assert_eq!(v["entries"], 20, "{v}");
+}
 
 #[test]
 fn gc_removes_entries_expired_past_the_grace_and_dry_run_removes_nothing() {

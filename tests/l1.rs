@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blobcache::{ManualClock, PutOptions, Selector, Store, StoreOptions};
-use common::json_payload;
+use common::{json_payload, noise};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -214,7 +214,9 @@ fn gc_expiry_and_eviction_drop_entries_from_the_tier() {
         .put(
             "b",
             "long",
-            &json_payload(2, 1024),
+            // A blob file: evicting an inline payload frees no file, so
+            // eviction leaves those alone.
+            &noise(2, 100_000),
             &PutOptions::new().ttl(100 * hour),
         )
         .unwrap();
@@ -232,12 +234,13 @@ fn gc_expiry_and_eviction_drop_entries_from_the_tier() {
     store.gc(&gc).unwrap();
     assert!(store.get_stale("b", "short").unwrap().is_none());
 
-    // Evicted for a size cap no entry fits in: the tier must not serve it.
+    // Evicted for a size cap: the tier must not serve it.
     assert!(
         store.get("b", "long").unwrap().is_some(),
         "held in memory again"
     );
-    let report = store.gc(&gc.max_size(1)).unwrap();
+    let cap = store.stats().unwrap().disk_bytes() - 50_000;
+    let report = store.gc(&gc.max_size(cap)).unwrap();
     assert!(report.entries_evicted >= 1, "{report:?}");
     assert!(store.meta("b", "long").unwrap().is_none());
     assert!(

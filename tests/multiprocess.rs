@@ -236,6 +236,67 @@ fn a_guest_takes_over_when_the_owner_exits() {
     assert_clean(&store);
 }
 
+/// The process holding the `flock` on `path`, read from `/proc/locks`
+/// (waiters, marked `->`, are skipped).
+fn lock_holder(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().filter(|l| !l.contains("->")).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let i = f.iter().position(|x| *x == "FLOCK")?;
+        let pid = f.get(i + 3)?.parse().ok()?;
+        let file_ino: u64 = f.get(i + 4)?.rsplit(':').next()?.parse().ok()?;
+        (file_ino == ino).then_some(pid)
+    })
+}
+
+#[test]
+fn a_guest_serve_takes_over_at_once_when_the_owner_is_killed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut owner, _out, owner_pid) = spawn_owner(dir.path());
+    let mut serve = cli(dir.path())
+        .args(["--json", "serve", "--until-killed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let banner: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(banner["owner"], false, "{banner}");
+    assert_eq!(banner["owner_pid"], owner_pid, "{banner}");
+    let lock = dir.path().join("locks").join("owner.lock");
+    assert_eq!(lock_holder(&lock), Some(owner_pid));
+
+    kill9(&mut owner);
+    // No request reaches the serve guest: it must notice by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lock_holder(&lock) != Some(serve.id()) {
+        assert!(
+            Instant::now() < deadline,
+            "serve (pid {}) did not take over; the lock is held by {:?}",
+            serve.id(),
+            lock_holder(&lock)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // CLI calls are now its guests: they do not become owners themselves.
+    let put = cli(dir.path())
+        .args(["put", "b", "k", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let got = cli(dir.path()).args(["get", "b", "k"]).output().unwrap();
+    assert_eq!(got.status.code(), Some(0), "{got:?}");
+    assert_eq!(lock_holder(&lock), Some(serve.id()));
+    kill9(&mut serve);
+}
+
 #[test]
 fn a_hung_owner_gives_a_timeout_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! `blobcache gc`: run one garbage-collection sweep and print its report.
 
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use blobcache::{Error, GcOptions, GcReport, GcStep, Selector, Store};
@@ -23,7 +24,11 @@ TIME is an RFC 3339 time with any offset (2026-11-23T15:00+01:00), a local
 time or date (2026-11-23 15:00, 2026-11-23), or a duration ago (2h). SIZE:
 2GiB is 2 x 1024^3 bytes, 2GB (or 2G) 2 x 1000^3. Only one sweep runs at a time per cache: without
 --wait a second one fails (exit 2) saying a sweep is already running.
-Pinned entries are never evicted. Exit codes: 0 swept, 2 error.";
+Pinned entries are never evicted, nor entries whose eviction frees no blob
+file; when evicting every other entry could not get under --max-size,
+nothing is evicted and gc warns \"still over cap\". A dry run reports what
+the real sweep would. Exit codes: 0 swept (and under the cap, if any), 1
+swept but still over the cap, 2 error.";
 
 /// Arguments of `gc`.
 #[derive(Args, Debug)]
@@ -122,6 +127,10 @@ pub fn run(a: GcArgs, ctx: &Ctx) -> Result<Status, Error> {
     let report = store.gc(&opts)?;
     drop(bar);
     print(&report, unused, &a, ctx)?;
+    if report.still_over_cap {
+        warn_over_cap(&report);
+        return Ok(Status::NotFound);
+    }
     Ok(Status::Done)
 }
 
@@ -207,6 +216,19 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
         out.line("the sweep stopped early: the cache was being closed")?;
     }
     out.flush()
+}
+
+/// Says on stderr that the sweep could not get under the cap, and why.
+fn warn_over_cap(r: &GcReport) {
+    let cap = r.max_size.map_or_else(String::new, output::size);
+    // Not eprintln!: it panics when stderr is a closed pipe.
+    let _ = writeln!(
+        std::io::stderr(),
+        "warning: still over cap: the cache takes {} and the cap is {cap}; what is left \
+         (index, inline payloads, pinned entries) cannot be evicted below it, so no entry \
+         was evicted for it; raise the cap or remove entries",
+        output::size(r.disk_bytes_after)
+    );
 }
 
 /// `d` rounded down to whole microseconds under a millisecond, to whole

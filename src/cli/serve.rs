@@ -56,7 +56,7 @@ struct ServeJson {
 
 /// Runs `serve`.
 pub fn run(a: ServeArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let mut opts = ctx.store_options().gc_interval(a.gc_interval);
+    let mut opts = ctx.store_options().standby(true).gc_interval(a.gc_interval);
     if let Some(cap) = a.max_size {
         opts = opts.max_size(cap);
     }

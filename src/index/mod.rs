@@ -55,8 +55,9 @@ pub struct State {
     /// Number of blobs known to the index (live or awaiting GC).
     #[serde(rename = "b")]
     pub blobs: u64,
-    /// Bytes the blobs occupy: allocated blocks of blob files plus stored
-    /// bytes of inline blobs.
+    /// Bytes the blob files occupy (allocated blocks). Inline blobs add
+    /// nothing here: their bytes are part of the index's own size (caches
+    /// written before this rule still count theirs until they go).
     #[serde(rename = "d")]
     pub blob_bytes: u64,
 }

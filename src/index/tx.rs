@@ -366,9 +366,16 @@ impl<'a> Tx<'a> {
                 gone_since,
             })
         };
+        // An inline blob's bytes live in the index, whose size counts them:
+        // it occupies no blob file (counting it here too counted it twice).
         let fresh = BlobInfo {
             refs: 1,
             state: BlobState::Live,
+            disk_bytes: if template.inline {
+                0
+            } else {
+                template.disk_bytes
+            },
             ..template.clone()
         };
         let (info, data) = match self.blob(hash)? {

@@ -13,8 +13,16 @@
 //! open the index (replaying the journal), bind a fresh socket and become
 //! the owner; or, if another guest won that race, connect to the new
 //! owner. The request is then asked again, so the caller never sees the
-//! change. Ops are safe to ask twice: a put re-applied sets the same
-//! record, a delete of a missing key is a no-op.
+//! change (it keeps failing over for as long as the owner timeout; each
+//! short-lived owner that exits during a request costs it one failover).
+//! A long-running guest can stand by ([`crate::StoreOptions::standby`],
+//! as `blobcache serve` does): it takes over the moment the owner is gone,
+//! so that short-lived processes find a lasting owner.
+//!
+//! Ops are safe to ask twice: a put re-applied sets the same record, a
+//! delete of a missing key is a no-op (a guest looks the key up first, so
+//! a delete whose answer was lost with the owner still answers that it
+//! removed the entry).
 //!
 //! **Without sockets** (exclusive mode, a socket path too long for the
 //! platform, a filesystem that cannot hold sockets): processes wait for the
@@ -24,6 +32,7 @@ mod client;
 mod server;
 pub(crate) mod wire;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -46,8 +55,16 @@ use crate::record::{BlobInfo, Record};
 use crate::store::{Inner, Store};
 use crate::verify::{VerifyOptions, VerifyReport};
 
-/// How many times one request may trigger a failover before giving up.
+/// A request fails over at least this many times, and for at least the
+/// owner timeout, before giving up. Short-lived owners (CLI calls that
+/// found no owner) hand over whenever they exit, so under churn one request
+/// can meet several of them: a count alone made such requests fail.
 const FAILOVERS: usize = 8;
+
+/// How often a guest standing by checks whether the owner is gone.
+const STANDBY_POLL: Duration = Duration::from_millis(50);
+/// Pause after a failed take-over before the next try.
+const STANDBY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A guest sends its gathered statistics once this many keys are pending
 /// (or once per flush interval).
@@ -249,6 +266,32 @@ impl Share {
         Ok(())
     }
 
+    /// Becomes the owner if the owner lock is free (its owner exited or
+    /// died); true once this process owns the index.
+    fn take_over_if_free(&self) -> Result<bool> {
+        let reset = {
+            let mut cur = self.write_current()?;
+            if matches!(cur.role, Role::Owner(_)) {
+                return Ok(true);
+            }
+            let Some(lock) = self.p.layout.try_lock("owner.lock")? else {
+                return Ok(false);
+            };
+            let (role, reset) = self.p.become_owner(lock, self.store.get())?;
+            log::info!(
+                "took over the cache {}: its owner is gone",
+                self.p.layout.root.display()
+            );
+            cur.role = role;
+            cur.generation += 1;
+            reset
+        };
+        if reset {
+            self.rebuild_after_reset()?;
+        }
+        Ok(true)
+    }
+
     fn rebuild_after_reset(&self) -> Result<()> {
         if let Some(inner) = self.store.get().and_then(Weak::upgrade) {
             crate::verify::rebuild_counts(&Store::from_inner(inner))?;
@@ -264,8 +307,23 @@ impl Share {
         req: impl Fn() -> Request,
         unpack: impl Fn(Response) -> Option<T>,
     ) -> Result<T> {
+        self.call_noting_lost(local, req, unpack, &Cell::new(false))
+    }
+
+    /// [`Share::call`], setting `lost` when a request was sent and its
+    /// answer lost with the owner: it may have been applied before the
+    /// request was asked again.
+    fn call_noting_lost<T>(
+        &self,
+        local: impl FnOnce(&Index) -> Result<T>,
+        req: impl Fn() -> Request,
+        unpack: impl Fn(Response) -> Option<T>,
+        lost: &Cell<bool>,
+    ) -> Result<T> {
         let mut local = Some(local);
-        for _ in 0..FAILOVERS {
+        let mut failovers = 0;
+        let mut first_failover: Option<Instant> = None;
+        loop {
             let (seen, client) = {
                 let cur = self.read_current()?;
                 match &cur.role {
@@ -280,8 +338,25 @@ impl Share {
                     Role::Guest(c) => (cur.generation, c.clone()),
                 }
             };
-            match client.call(&req()) {
-                Ok(Response::Retry) | Err(CallError::Gone) => self.failover(seen)?,
+            let answer = client.call(&req());
+            if matches!(answer, Err(CallError::Gone)) {
+                lost.set(true);
+            }
+            match answer {
+                Ok(Response::Retry) | Err(CallError::Gone) => {
+                    let since = *first_failover.get_or_insert_with(Instant::now);
+                    failovers += 1;
+                    if failovers > FAILOVERS && since.elapsed() >= self.p.timeout {
+                        return Err(Error::Owner {
+                            message: format!(
+                                "the owner changed {failovers} times in {:.1} s during one \
+                                 request",
+                                since.elapsed().as_secs_f64()
+                            ),
+                        });
+                    }
+                    self.failover(seen)?
+                }
                 Ok(Response::Error(e)) => return Err(e.into()),
                 Ok(resp) => {
                     return unpack(resp).ok_or_else(|| Error::Protocol {
@@ -293,9 +368,6 @@ impl Share {
                 Err(CallError::Fatal(e)) => return Err(e),
             }
         }
-        Err(Error::Owner {
-            message: format!("the owner changed {FAILOVERS} times during one request"),
-        })
     }
 
     /// The owned index, for work that only the owner does.
@@ -312,14 +384,29 @@ impl Share {
     }
 
     pub fn apply(&self, op: &Op) -> Result<Outcome> {
-        self.call(
+        // Asked again after a failover, a delete the lost owner had applied
+        // finds nothing: what the entry was before says what to answer.
+        let before = match op {
+            Op::Delete { key, hash } if !self.is_owner() => {
+                let held = self.lookup(key)?.map(|l| l.record.hash);
+                Some(held.is_some_and(|h| hash.is_none_or(|want| want == h)))
+            }
+            _ => None,
+        };
+        let lost = Cell::new(false);
+        let outcome = self.call_noting_lost(
             |ix| ix.apply(op),
             || Request::Apply(op.clone()),
             |r| match r {
                 Response::Outcome(o) => Some(o),
                 _ => None,
             },
-        )
+            &lost,
+        )?;
+        if lost.get() && before == Some(true) && outcome == Outcome::Applied(false) {
+            return Ok(Outcome::Applied(true));
+        }
+        Ok(outcome)
     }
 
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Lookup>> {
@@ -644,6 +731,36 @@ impl Params {
                 None
             }
         }
+    }
+}
+
+/// Makes a guest store stand by: a thread takes the cache over as soon as
+/// its owner is gone, and ends then or when the store is closed.
+pub(crate) fn stand_by(store: &Store) {
+    if store.is_owner() || store.options().sharing != Sharing::Shared {
+        return;
+    }
+    let weak = store.downgrade();
+    let spawned = std::thread::Builder::new()
+        .name("blobcache-standby".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(STANDBY_POLL);
+                let Some(store) = weak.upgrade() else { return };
+                match store.index().take_over_if_free() {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!("standing by to take over the cache failed: {e}");
+                        std::thread::sleep(STANDBY_BACKOFF);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "could not start standing by ({e}); this process takes over at its next request"
+        );
     }
 }
 

@@ -87,6 +87,13 @@ pub fn store_with_clock() -> (tempfile::TempDir, Store, Arc<ManualClock>) {
 #[allow(unused_imports)]
 pub use blobcache::testkit::{GenReader, Rng, json_payload};
 
+/// Random bytes: never compressible, so `n` > 16 KiB makes a file blob.
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
 /// blake3 of everything `r` yields.
 pub fn hash_reader(mut r: impl Read) -> std::io::Result<(blake3::Hash, u64)> {
     let mut h = blake3::Hasher::new();
