@@ -280,6 +280,33 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The disk holding the cache is full. The cache released its space
+    /// reserve so that reads, `rm`, `clear` and `gc` keep working; puts are
+    /// refused until the reserve can be allocated again.
+    #[error(
+        "cache {} is on a full disk: puts are refused until space is freed \
+         (run `blobcache gc`, `rm` or `clear`, or free space on that disk); reads go on",
+        path.display()
+    )]
+    DiskFull {
+        /// The cache directory.
+        path: PathBuf,
+    },
+
+    /// The cache was opened read-only (its filesystem is mounted read-only
+    /// or not writable): reads work, changes are refused.
+    #[error(
+        "cache {} is read-only ({reason}): gets, ls, stats and verify work, changes do not; \
+         remount it read-write or copy it to a writable directory",
+        path.display()
+    )]
+    ReadOnly {
+        /// The cache directory.
+        path: PathBuf,
+        /// Why it is read-only.
+        reason: String,
+    },
+
     /// The remote tier (Redis) is misconfigured, refused the credentials,
     /// or failed while its errors are fatal
     /// ([`crate::RemoteOptions::fatal_errors`]).

@@ -281,6 +281,7 @@ impl Store {
     /// # }
     /// ```
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.check_write()?;
         let _lock = self.take_gc_lock(opts.wait)?;
         let started = Instant::now();
         let mut sweep = Sweep {

@@ -212,9 +212,17 @@ impl Journal {
     /// Appends one frame with a single write.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
         let bytes = frame(seq, payload);
-        self.file
-            .write_all(&bytes)
-            .ctx("append to journal", &self.path)?;
+        let len = self
+            .file
+            .metadata()
+            .ctx("append to journal", &self.path)?
+            .len();
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A short write (a full disk) would leave a torn frame that
+            // hides every later one from replay: cut it off.
+            let _ = self.file.set_len(len);
+            return Err(Error::io("append to journal", &self.path, e));
+        }
         self.has_frames = true;
         Ok(())
     }

@@ -82,7 +82,7 @@ impl Layout {
             self.check_existing()?;
             // The root may be a symlink the user chose (e.g. onto another
             // disk); only what is inside it must be real.
-            fsutil::ensure_private_dir(&fs::canonicalize(&self.root).ctx("resolve", &self.root)?)?;
+            ensure_dir(&fs::canonicalize(&self.root).ctx("resolve", &self.root)?)?;
         }
         for dir in [
             &self.blobs,
@@ -91,7 +91,7 @@ impl Layout {
             &self.index,
             &self.journal,
         ] {
-            fsutil::ensure_private_dir(dir)?;
+            ensure_dir(dir)?;
         }
         if self.read_version()?.is_none() {
             let body = format!("{FORMAT_VERSION}\n");
@@ -178,6 +178,18 @@ impl Layout {
             self.root.display()
         );
         Some(name)
+    }
+}
+
+/// [`fsutil::ensure_private_dir`], except that on a read-only mount the
+/// directory is taken as it is (the store then only reads it).
+fn ensure_dir(dir: &Path) -> Result<()> {
+    match fsutil::ensure_private_dir(dir) {
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+            log::debug!("{} is on a read-only filesystem", dir.display());
+            Ok(())
+        }
+        res => res,
     }
 }
 

@@ -51,6 +51,7 @@ mod options;
 pub mod pack;
 mod record;
 mod remote;
+mod reserve;
 mod secrets;
 mod share;
 mod store;

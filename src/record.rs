@@ -81,6 +81,13 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// True when an entry with these fields was neither read nor written
+/// before `before` (ms) and is not pinned: what
+/// [`crate::Store::remove_unused_since`] removes.
+pub fn unused_before(pinned: bool, last_access: u64, created_at: u64, before: u64) -> bool {
+    !pinned && last_access.max(created_at) < before
+}
+
 /// Where a blob's refcount stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobState {

@@ -16,6 +16,7 @@ use crate::l1::MemoryTier;
 use crate::layout::Layout;
 use crate::options::{Durability, PutOptions, StoreOptions};
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
+use crate::reserve::{self, Reserve, Writable};
 use crate::share::Share;
 use crate::verify::{VerifyOptions, VerifyReport};
 
@@ -81,6 +82,7 @@ pub(crate) struct Inner {
     flights: crate::fetch::Flights,
     sweeper: crate::gc::Sweeper,
     l1: Option<MemoryTier>,
+    writable: Writable,
     remote: crate::remote::Remote,
 }
 
@@ -339,7 +341,7 @@ impl Store {
             sync,
         };
         let remote = crate::remote::Remote::open(opts.remote.as_ref(), &opts)?;
-        let (share, reset) = Share::open(layout.clone(), cfg, opts.sharing, opts.owner_timeout)?;
+        let (share, reset, writable) = open_share(&layout, cfg, &opts)?;
         let l1 = MemoryTier::new(opts.memory_tier, opts.memory_tier_max_staleness);
         let store = Store {
             inner: Arc::new(Inner {
@@ -350,6 +352,7 @@ impl Store {
                 flights: Default::default(),
                 sweeper: crate::gc::Sweeper::default(),
                 l1,
+                writable,
                 remote,
             }),
         };
@@ -361,6 +364,20 @@ impl Store {
         store.inner.share.start(Arc::downgrade(&store.inner))?;
         crate::gc::start_background(&store);
         Ok(store)
+    }
+
+    /// Why this store cannot change the cache (a read-only filesystem, or
+    /// a full disk with no reserve left), or `None` when it can. A
+    /// read-only store serves gets, lists, stats and verify from a private
+    /// copy of the index; every change fails with [`Error::ReadOnly`].
+    pub fn read_only(&self) -> Option<&str> {
+        self.inner.writable.read_only()
+    }
+
+    /// Fails with [`Error::ReadOnly`] when this store cannot change the
+    /// cache.
+    pub(crate) fn check_write(&self) -> Result<()> {
+        self.inner.writable.check_write(&self.inner.layout.root)
     }
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Store {
@@ -424,6 +441,7 @@ impl Store {
         payload: Option<&[u8]>,
         opts: &PutOptions,
     ) -> Result<()> {
+        self.inner.writable.check_put(&self.inner.layout.root)?;
         let o = &self.inner.opts;
         o.secrets
             .check_put(backend, signature, key, payload, opts, &o.drop_headers)
@@ -1060,11 +1078,28 @@ impl Store {
     /// Applies `op` to the index, then drops what it changed from the
     /// memory tier. Every index change goes through here.
     pub(crate) fn apply(&self, op: &Op) -> Result<Outcome> {
-        let outcome = self.inner.share.apply(op);
+        let outcome = self.apply_index(op);
         if let Some(t) = &self.inner.l1 {
             t.invalidate(op);
         }
         outcome
+    }
+
+    /// Applies `op` to the index (here or in the owner). A change that
+    /// frees space and fails on a full disk releases the space reserve and
+    /// is tried again.
+    pub(crate) fn apply_index(&self, op: &Op) -> Result<Outcome> {
+        let outcome = self.inner.share.apply(op);
+        match &outcome {
+            Err(e)
+                if reserve::is_disk_full(e)
+                    && op.frees_space()
+                    && self.inner.writable.release_reserve(&self.inner.layout.root) =>
+            {
+                self.inner.share.apply(op)
+            }
+            _ => outcome,
+        }
     }
 
     pub(crate) fn index(&self) -> &Share {
@@ -1160,6 +1195,82 @@ impl Iterator for Entries {
                 return None;
             }
             self.page = page.into_iter();
+        }
+    }
+}
+
+/// Opens the index as owner or guest; on a full disk releases the space
+/// reserve and tries again; on a read-only (or still full) disk opens a
+/// private read-only copy instead (DESIGN.md §3, invariant 7).
+fn open_share(
+    layout: &Layout,
+    cfg: IndexConfig,
+    opts: &StoreOptions,
+) -> Result<(Share, bool, Writable)> {
+    let reserve = Reserve::new(&layout.locks, &layout.tmp);
+    let open = || {
+        Share::open(
+            layout.clone(),
+            cfg.clone(),
+            opts.sharing,
+            opts.owner_timeout,
+        )
+    };
+    let mut err = match open() {
+        Ok((share, reset)) => {
+            let low_space = !hold_reserve(&reserve, layout);
+            return Ok((share, reset, Writable::new(reserve, None, low_space)));
+        }
+        Err(e) => e,
+    };
+    if reserve::is_disk_full(&err) && reserve.release() {
+        reserve::warn_released(&layout.root);
+        match open() {
+            Ok((share, reset)) => return Ok((share, reset, Writable::new(reserve, None, true))),
+            Err(e) => err = e,
+        }
+    }
+    let reason = if reserve::is_disk_full(&err) {
+        "the disk is full and its space reserve is used up"
+    } else if reserve::is_read_only(&err) {
+        "its filesystem cannot be written"
+    } else {
+        return Err(err);
+    };
+    log::debug!(
+        "opening {} for writing failed: {err}",
+        layout.root.display()
+    );
+    log::warn!(
+        "cache {} is read-only ({reason}): reads are served from a private copy of its \
+         index, changes are refused",
+        layout.root.display()
+    );
+    let (share, reset) = Share::open_copy(layout.clone(), cfg, reason)?;
+    Ok((
+        share,
+        reset,
+        Writable::new(reserve, Some(reason.into()), false),
+    ))
+}
+
+/// Makes sure the space reserve is allocated; false when the disk is too
+/// full for it (puts then wait until it is).
+fn hold_reserve(reserve: &Reserve, layout: &Layout) -> bool {
+    match reserve.restore() {
+        Ok(true) => true,
+        Ok(false) => {
+            log::warn!(
+                "the disk holding cache {} is nearly full: puts are refused until space is freed",
+                layout.root.display()
+            );
+            false
+        }
+        Err(e) => {
+            // Not a full disk (e.g. an odd filesystem): the cache works
+            // without a reserve.
+            log::debug!("no space reserve for {}: {e}", layout.root.display());
+            true
         }
     }
 }

@@ -16,8 +16,14 @@ use serde_json::Value;
 
 /// Runs the CLI on `dir` with `args`, feeding `stdin` from a thread.
 fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = cli(dir)
-        .args(args)
+    let mut c = cli(dir);
+    c.args(args);
+    run_cmd(c, stdin)
+}
+
+/// Runs `c`, feeding `stdin` from a thread.
+fn run_cmd(mut c: std::process::Command, stdin: &[u8]) -> Output {
+    let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -409,12 +415,8 @@ fn touch_sets_a_new_ttl_and_revives_expired_entries() {
     assert_eq!(code(&get(dir.path(), "b", "s")), 0);
     let o = run_code(dir.path(), &["touch", "b", "s", "--ttl", "3d"], b"", 0);
     let text = String::from_utf8(o.stdout).unwrap();
-    // Printed to two units, truncated: "3days" when the touch and the
-    // print fall in the same millisecond, "2days 23h" otherwise.
-    assert!(
-        text.contains("expires in 2days 23h") || text.contains("expires in 3days"),
-        "{text}"
-    );
+    // Printed to two units, rounded to the nearest hour.
+    assert!(text.contains("expires in 3 days"), "{text}");
     run_code(dir.path(), &["touch", "b", "absent", "--ttl", "1h"], b"", 1);
     assert_eq!(
         code(&run(dir.path(), &["touch", "b", "s"], b"")),
@@ -464,7 +466,7 @@ fn ls_selects_by_backend_prefix_and_expiry() {
         long[1].starts_with("tmdb2") && long[1].contains("4 B"),
         "{long:?}"
     );
-    assert!(long[1].contains("in 2days 23h"), "{long:?}");
+    assert!(long[1].contains("in 3 days"), "{long:?}");
     let v = json(&run_code(d, &["--json", "ls", "tmdb"], b"", 0));
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 3);
@@ -561,11 +563,26 @@ fn stats_reports_totals_ratios_and_backends() {
     let backends = v["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 2);
     for b in backends {
-        assert_fields(b, &["name", "entries", "live", "expired", "raw_bytes"]);
+        assert_fields(
+            b,
+            &[
+                "name",
+                "entries",
+                "live",
+                "expired",
+                "raw_bytes",
+                "stored_bytes",
+                "blob_bytes",
+            ],
+        );
     }
     assert_eq!(backends[0]["name"], "anilist");
     assert_eq!(backends[0]["expired"], 1);
     assert_eq!(backends[1]["live"], 2);
+    // tmdb's two entries share one blob: stored twice, one blob's bytes.
+    let one = backends[1]["blob_bytes"].as_u64().unwrap();
+    assert!(one > 0 && one < 4000, "{v}");
+    assert_eq!(backends[1]["stored_bytes"].as_u64(), Some(2 * one));
     let text = String::from_utf8(run_code(d, &["stats"], b"", 0).stdout).unwrap();
     assert!(text.contains("entries   3 (2 live, 1 expired)"), "{text}");
     assert!(text.contains("dedup 2.00x"), "{text}");
@@ -877,7 +894,7 @@ fn gc_of_no_cache_is_empty_and_bad_flags_are_rejected() {
         &["gc", "--grace", "soon"],
         &["gc", "--recompress-level", "40"],
         &["gc", "--unused-since", "yesterday-ish"],
-        &["gc", "--unused-since", "1h", "--dry-run"],
+        &["gc", "--recompress-older-than", "3d"],
     ] {
         let o = run(d, args, b"");
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
@@ -895,7 +912,10 @@ fn gc_while_another_sweep_runs_fails_or_waits() {
     lock.lock().unwrap();
     let err = assert_one_line_error(&run(d, &["gc"], b""));
     assert!(err.contains("already running"), "{err}");
-    assert!(err.contains("--wait"), "{err}");
+    assert!(
+        err.contains("--wait") && !err.contains("GcOptions"),
+        "{err}"
+    );
 
     let waiting = cli(d)
         .args(["--json", "gc", "--wait"])
@@ -1120,4 +1140,356 @@ fn serve_owns_the_cache_while_other_processes_use_it_and_stops_at_stdin_eof() {
     let status = server.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(get(d, "tmdb", "movie/603").stdout, b"{\"id\":603}");
+}
+
+/// Runs the CLI on `dir` with extra environment variables and the default
+/// log filter (no RUST_LOG), feeding `stdin`.
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    let mut c = cli(dir);
+    c.env_remove("RUST_LOG").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_cmd(c, stdin)
+}
+
+/// The `--json get --meta` document of an entry.
+fn meta(dir: &Path, backend: &str, sig: &str) -> Value {
+    json(&run_code(
+        dir,
+        &["--json", "get", backend, sig, "--meta"],
+        b"",
+        0,
+    ))
+}
+
+/// Milliseconds an entry lives: expires_at - created_at.
+fn ttl_ms(v: &Value) -> u64 {
+    v["expires_at_ms"].as_u64().unwrap() - v["created_at_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn categories_are_read_in_any_case_and_unknown_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "b", "t", b"1", &["--category", "Trending"]);
+    let v = meta(d, "b", "t");
+    assert_eq!(v["category"], "trending");
+    assert_eq!(ttl_ms(&v), 3_600_000);
+    put(d, "b", "o", b"2", &["--category", "OFFLINE_DUMP"]);
+    assert_eq!(meta(d, "b", "o")["category"], "offline_dump");
+    let err = assert_one_line_error(&run(
+        d,
+        &["put", "b", "x", "-", "--category", "trendy"],
+        b"3",
+    ));
+    assert!(err.contains("\"trendy\""), "{err}");
+    for name in ["metadata", "list", "schedule", "trending", "offline_dump"] {
+        assert!(err.contains(name), "{err}");
+    }
+    assert_eq!(code(&get(d, "b", "x")), 1, "nothing stored");
+    let listed = ls_lines(d, &["ls", "--category", "TRENDING"]);
+    assert_eq!(listed, ["b\tt"]);
+}
+
+/// An RFC 3339 time `shift` from now, written in the zone `offset_h` hours
+/// east of UTC, optionally without seconds.
+fn rfc3339_at(shift: i64, offset_h: i64, seconds: bool) -> String {
+    let now = std::time::SystemTime::now();
+    let t = now + Duration::from_secs((shift + offset_h * 3600 + 86_400) as u64)
+        - Duration::from_secs(86_400);
+    let utc = humantime::format_rfc3339_seconds(t).to_string();
+    let civil = utc.trim_end_matches('Z');
+    let civil = if seconds { civil } else { &civil[..16] };
+    match offset_h {
+        0 => format!("{civil}Z"),
+        h => format!("{civil}{}{:02}:00", if h > 0 { '+' } else { '-' }, h.abs()),
+    }
+}
+
+/// Entries `export --accessed-since TIME` selects, with `env` set.
+fn accessed_since(d: &Path, time: &str, env: &[(&str, &str)]) -> u64 {
+    let tar = d.join("sel.tar");
+    let o = run_env(
+        d,
+        &[
+            "--json",
+            "export",
+            tar.to_str().unwrap(),
+            "--accessed-since",
+            time,
+        ],
+        env,
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{time}: {}", stderr(&o));
+    json(&o)["entries"].as_u64().unwrap()
+}
+
+#[test]
+fn times_take_any_offset_local_times_dates_and_durations_ago() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().join("cache");
+    put(d, "b", "s", b"x", &[]);
+    let utc = [("TZ", "UTC")];
+    // An hour ahead / behind, in zones east and west of UTC, with and
+    // without seconds.
+    for (offset, seconds) in [(5, true), (-7, false), (0, false), (9, false)] {
+        assert_eq!(
+            accessed_since(d, &rfc3339_at(3600, offset, seconds), &utc),
+            0
+        );
+        assert_eq!(
+            accessed_since(d, &rfc3339_at(-3600, offset, seconds), &utc),
+            1
+        );
+    }
+    // A time without an offset is local: an hour ago in UTC+3 reads three
+    // hours later on the wall clock (POSIX TZ: "XXX-3" is UTC+3).
+    let wall = rfc3339_at(-3600, 3, false)[..16].to_string();
+    assert_eq!(accessed_since(d, &wall, &[("TZ", "XXX-3")]), 1);
+    assert_eq!(accessed_since(d, &wall, &utc), 0, "in UTC it is 2h ahead");
+    assert_eq!(
+        accessed_since(d, &wall.replace('T', " "), &[("TZ", "XXX-3")]),
+        1
+    );
+    // Dates are local midnights; durations count back from now.
+    assert_eq!(accessed_since(d, "2000-01-01", &utc), 1);
+    assert_eq!(accessed_since(d, "2999-01-01", &utc), 0);
+    assert_eq!(accessed_since(d, "1h", &utc), 1);
+    let err = assert_one_line_error(&run(d, &["gc", "--unused-since", "soonish"], b""));
+    assert!(
+        err.contains("RFC 3339") && err.contains("duration ago"),
+        "{err}"
+    );
+
+    // gc --unused-since --dry-run previews, changing nothing.
+    let later = rfc3339_at(120, 2, true);
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--unused-since", &later, "--dry-run"],
+        b"",
+        0,
+    ));
+    assert_eq!(
+        (v["entries_unused"].as_u64(), v["dry_run"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(get(d, "b", "s").stdout, b"x", "still there");
+    let v = json(&run_code(
+        d,
+        &["--json", "gc", "--unused-since", &later],
+        b"",
+        0,
+    ));
+    assert_eq!(v["entries_unused"], 1);
+    assert_eq!(code(&get(d, "b", "s")), 1);
+}
+
+#[test]
+fn put_pins_sets_content_type_and_honors_cache_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ct = ["--header", "Content-Type: application/json"];
+    put(d, "b", "plain", b"{}", &ct);
+    let v = meta(d, "b", "plain");
+    assert_eq!(v["content_type"], "application/json");
+    assert_eq!(v["pinned"], false);
+    put(
+        d,
+        "b",
+        "typed",
+        b"<a/>",
+        &[&ct[..], &["--content-type", "text/xml", "--pin"]].concat(),
+    );
+    let v = meta(d, "b", "typed");
+    assert_eq!(
+        (v["content_type"].as_str(), v["pinned"].as_bool()),
+        (Some("text/xml"), Some(true))
+    );
+    let cc = [
+        "--header",
+        "Cache-Control: public, max-age=600",
+        "--ttl",
+        "5h",
+    ];
+    put(d, "b", "ignored", b"1", &cc);
+    assert_eq!(
+        ttl_ms(&meta(d, "b", "ignored")),
+        5 * 3_600_000,
+        "not honored unless asked"
+    );
+    put(
+        d,
+        "b",
+        "honored",
+        b"2",
+        &[&cc[..], &["--honor-cache-control"]].concat(),
+    );
+    assert_eq!(ttl_ms(&meta(d, "b", "honored")), 600_000);
+    put(
+        d,
+        "b",
+        "fallback",
+        b"3",
+        &["--ttl", "5h", "--honor-cache-control"],
+    );
+    assert_eq!(ttl_ms(&meta(d, "b", "fallback")), 5 * 3_600_000);
+    let o = put(
+        d,
+        "b",
+        "nostore",
+        b"4",
+        &[
+            "--header",
+            "Cache-Control: no-store",
+            "--honor-cache-control",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not stored"));
+    assert_eq!(code(&get(d, "b", "nostore")), 1);
+    // An empty signature is refused (a shell variable that expanded to
+    // nothing), for every command taking one.
+    for args in [
+        &["put", "b", "", "-"][..],
+        &["get", "b", ""],
+        &["rm", "b", ""],
+    ] {
+        let err = assert_one_line_error(&run(d, args, b"5"));
+        assert!(err.contains("signature is empty"), "{err}");
+    }
+}
+
+#[test]
+fn deny_secret_and_drop_header_work_as_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = "k-3f9a1c77";
+    let body = format!("{{\"next\":\"/p/2?api_key={secret}\"}}");
+    let err = assert_one_line_error(&run(
+        d,
+        &["--deny-secret", secret, "put", "b", "s", "-"],
+        body.as_bytes(),
+    ));
+    assert!(err.contains("secret") && !err.contains(secret), "{err}");
+    let list = format!("other,{secret}");
+    let env = [("BLOBCACHE_DENY_SECRET", list.as_str())];
+    let err = assert_one_line_error(&run_env(d, &["put", "b", "s", "-"], &env, body.as_bytes()));
+    assert!(!err.contains(secret), "{err}");
+    assert_eq!(code(&get(d, "b", "s")), 1, "nothing stored");
+    let o = run_env(d, &["put", "b", "s", "-"], &env, b"no key here");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains(secret));
+    let h = [
+        "--header",
+        "X-Api-Key: abc",
+        "--header",
+        "X-Trace: t1",
+        "--header",
+        "ETag: e",
+    ];
+    put(
+        d,
+        "b",
+        "flag",
+        b"1",
+        &[&["--drop-header", "x-api-key"][..], &h].concat(),
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&meta(d, "b", "flag")), ["X-Trace", "ETag"]);
+    let args = [&["put", "b", "env", "-"][..], &h].concat();
+    let o = run_env(
+        d,
+        &args,
+        &[("BLOBCACHE_DROP_HEADER", "X-API-KEY,x-trace")],
+        b"2",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(names(&meta(d, "b", "env")), ["ETag"]);
+}
+
+#[test]
+fn export_of_a_missing_cache_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("cahce");
+    let tar = dir.path().join("out.tar");
+    let err = assert_one_line_error(&run(&typo, &["export", tar.to_str().unwrap()], b""));
+    assert!(
+        err.contains("cahce") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!typo.exists(), "no cache created");
+    assert!(!tar.exists(), "no archive written");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing at all"
+    );
+    // To standard output too: nothing is written.
+    let o = run(&typo, &["export", "-"], b"");
+    assert_eq!(code(&o), 2);
+    assert!(o.stdout.is_empty() && !typo.exists());
+}
+
+#[test]
+fn messages_are_one_line_quiet_on_a_miss_and_free_of_internals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Usage errors: one line, exit 2.
+    for args in [
+        &["--bogus", "ls"][..],
+        &["put"],
+        &["put", "b"],
+        &["gc", "--grace", "soon"],
+        &["nosuchcommand"],
+    ] {
+        let err = assert_one_line_error(&run(d, args, b""));
+        assert!(err.contains("--help"), "{args:?}: {err}");
+    }
+    put(d, "b", "s", b"x", &[]);
+    // rm/touch of an absent entry: exit 1 and silence, like a get miss.
+    for args in [
+        &["rm", "b", "absent"][..],
+        &["touch", "b", "absent", "--ttl", "1h"],
+        &["get", "b", "absent"],
+    ] {
+        let o = run_env(d, args, &[], b"");
+        assert_eq!(code(&o), 1, "{args:?}");
+        assert_eq!((stderr(&o), o.stdout.len()), (String::new(), 0), "{args:?}");
+    }
+    // No temporary file names: the error names the destination.
+    let dest = d.join("no-such-dir").join("out.json");
+    let err = assert_one_line_error(&run(
+        d,
+        &["get", "b", "s", "-o", dest.to_str().unwrap()],
+        b"",
+    ));
+    assert!(
+        err.contains("no-such-dir/out.json") && !err.contains(".blobcache-"),
+        "{err}"
+    );
+    // No fragments of the input: a JSON file, a gzip file, random bytes.
+    let mut rnd = vec![0u8; 4096];
+    Rng::new(5).fill(&mut rnd);
+    let gzip = [&[0x1f, 0x8b, 0x08, 0x00][..], &rnd[..600]].concat();
+    for (input, marker) in [
+        (
+            &b"{\"results\":[{\"title\":\"secret-looking\"}]}"[..],
+            "secret-looking",
+        ),
+        (&gzip[..], ""),
+        (&rnd[..], ""),
+    ] {
+        let err = assert_one_line_error(&run(d, &["import", "-"], input));
+        assert!(err.contains("not a blobcache archive"), "{err}");
+        assert!(err.is_ascii(), "raw bytes in {err:?}");
+        assert!(marker.is_empty() || !err.contains(marker), "{err}");
+    }
 }

@@ -98,7 +98,15 @@ fn read_manifest<R: Read>(members: &mut tar::Entries<'_, R>) -> Result<Manifest>
     let Some(first) = members.next() else {
         return Err(bad(MANIFEST_NAME, "the archive is empty"));
     };
-    let mut m = first.map_err(|e| bad(MANIFEST_NAME, format!("its header is unreadable: {e}")))?;
+    // The tar reader's message may quote the input's bytes: leave it out.
+    let mut m = first.map_err(|e| {
+        log::debug!("reading the first tar header failed: {e:?}");
+        bad(
+            MANIFEST_NAME,
+            "no tar header where it should start: this is not a blobcache archive \
+             (a compressed one must be decompressed first, e.g. zstd -dc)",
+        )
+    })?;
     let name = check_member(&m)?;
     if name != MANIFEST_NAME {
         return Err(bad(

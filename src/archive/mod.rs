@@ -395,8 +395,9 @@ impl Store {
             let keys: Vec<ByteBuf> = page
                 .into_iter()
                 .filter(|(_, r)| {
-                    r.as_ref()
-                        .is_ok_and(|r| !r.pinned && r.last_access.max(r.created_at) < before)
+                    r.as_ref().is_ok_and(|r| {
+                        crate::record::unused_before(r.pinned, r.last_access, r.created_at, before)
+                    })
                 })
                 .map(|(k, _)| ByteBuf::from(k))
                 .collect();
@@ -407,6 +408,16 @@ impl Store {
                 removed += n;
             }
         }
+    }
+}
+
+impl crate::store::EntryMeta {
+    /// True when [`Store::remove_unused_since`] with `t` would remove this
+    /// entry: it is not pinned and was neither read nor written since `t`
+    /// (for a preview such as `gc --unused-since --dry-run`).
+    pub fn is_unused_since(&self, t: SystemTime) -> bool {
+        let before = crate::clock::system_time_ms(t);
+        crate::record::unused_before(self.pinned, self.last_access, self.created_at, before)
     }
 }
 

@@ -95,7 +95,16 @@ fn is_stdio(path: &Path) -> bool {
 
 /// Runs `export`.
 pub fn export(a: ExportArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let store = ctx.open()?;
+    // A mistyped --dir must not pass for an empty cache: export never
+    // creates one, and writes no archive.
+    let Some(store) = ctx.open_existing()? else {
+        return Err(Error::NotACache {
+            path: ctx.dir.clone(),
+            reason:
+                "it does not exist (is --dir or BLOBCACHE_DIR mistyped?); no archive was written"
+                    .into(),
+        });
+    };
     let mut opts = ExportOptions::default().live_only(a.live_only);
     for b in &a.backends {
         opts = opts.backend(b.as_str());

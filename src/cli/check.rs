@@ -121,8 +121,8 @@ pub fn health(_: HealthArgs, ctx: &Ctx) -> Result<Status, Error> {
             (false, _) => "healthy (no cache yet; the first put creates it)".to_string(),
             (true, true) => format!("healthy ({})", output::entries(report.entries)),
             (true, false) => format!(
-                "{} problems; run `blobcache verify --repair`",
-                report.problems.len()
+                "{}; run `blobcache verify --repair`",
+                problems(report.problems.len())
             ),
         };
         out.line(format_args!("{}: {state}", ctx.dir.display()))?;
@@ -169,6 +169,11 @@ fn warnings(stats: &blobcache::Stats) -> Vec<String> {
     w
 }
 
+/// `1 problem`, `0 problems`.
+fn problems(n: usize) -> String {
+    output::count(u64::try_from(n).unwrap_or(u64::MAX), "problem", "problems")
+}
+
 fn print_problems(out: &mut Out, problems: &[Problem]) -> Result<(), Error> {
     for p in problems {
         out.line(format_args!("  {p}"))?;
@@ -210,11 +215,11 @@ fn verify_report(r: &VerifyReport, clean: bool, repair: bool, ctx: &Ctx) -> Resu
         })?;
     } else {
         out.line(format_args!(
-            "checked {}; blobs: {}, orphan files: {} (GC removes them), problems: {}",
+            "checked {}; blobs: {}, orphan files: {} (GC removes them), {}",
             output::entries(r.entries),
             r.blobs,
             r.orphan_files,
-            r.problems.len()
+            problems(r.problems.len())
         ))?;
         print_problems(&mut out, &r.problems)?;
         if repair && !r.problems.is_empty() {
@@ -224,8 +229,9 @@ fn verify_report(r: &VerifyReport, clean: bool, repair: bool, ctx: &Ctx) -> Resu
                 "problems remain"
             };
             out.line(format_args!(
-                "repaired {} index keys; {outcome}",
-                r.repaired
+                "repaired {} ({} changed); {outcome}",
+                problems(r.problems.len()),
+                output::count(r.repaired, "index key", "index keys")
             ))?;
         } else if !clean {
             out.line("run `blobcache verify --repair` to fix them")?;

@@ -31,6 +31,7 @@ struct KeyArgs {
     /// Backend name.
     backend: String,
     /// Signature.
+    #[arg(value_parser = super::put::parse_signature)]
     signature: String,
 }
 
@@ -103,7 +104,8 @@ fn report(
             expires_at_ms,
         })?;
     } else if !found {
-        log::warn!("no entry {}/{}", key.backend, key.signature);
+        // Like a `get` miss: the exit code (1) says it, nothing is printed.
+        log::info!("no entry {}/{}", key.backend, key.signature);
     } else if ctx.chatty() {
         let until = expires_at_ms
             .map(|e| format!(", {}", output::expiry(e, output::now_ms())))

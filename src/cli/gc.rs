@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use blobcache::{Error, GcOptions, GcReport, GcStep};
+use blobcache::{Error, GcOptions, GcReport, GcStep, Selector, Store};
 use clap::Args;
 use serde::Serialize;
 
@@ -19,8 +19,9 @@ Examples:
   blobcache gc --unused-since 2026-11-23T15:00:00Z   # CI: drop what this job did not use
   blobcache --json gc --wait | jq .bytes_freed
 
-TIME is an RFC 3339 time (2026-11-23T15:00:00Z, zone and seconds optional)
-or a duration ago (2h). Only one sweep runs at a time per cache: without
+TIME is an RFC 3339 time with any offset (2026-11-23T15:00+01:00), a local
+time or date (2026-11-23 15:00, 2026-11-23), or a duration ago (2h). SIZE:
+2GiB is 2 x 1024^3 bytes, 2GB (or 2G) 2 x 1000^3. Only one sweep runs at a time per cache: without
 --wait a second one fails (exit 2) saying a sweep is already running.
 Pinned entries are never evicted. Exit codes: 0 swept, 2 error.";
 
@@ -29,7 +30,9 @@ Pinned entries are never evicted. Exit codes: 0 swept, 2 error.";
 #[command(after_help = EXAMPLES)]
 pub struct GcArgs {
     /// Evict least recently used entries until the cache occupies at most
-    /// this much disk, e.g. 2GiB, 500MB [default: none].
+    /// this much disk [default: none]. Binary units are powers of 1024
+    /// (2GiB = 2,147,483,648 bytes), decimal ones powers of 1000 (2GB and
+    /// 2G = 2,000,000,000 bytes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_size: Option<u64>,
     /// How long expired entries stay servable with `get --stale` before
@@ -40,11 +43,19 @@ pub struct GcArgs {
     /// recompression].
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(-7..=19))]
     recompress_level: Option<i32>,
-    /// With --recompress-level: only blobs stored at least this long ago.
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    /// With --recompress-level (required): only blobs stored at least this
+    /// long ago.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "7d",
+        requires = "recompress_level",
+        value_parser = humantime::parse_duration
+    )]
     recompress_older_than: Duration,
-    /// Report what the sweep would do without changing anything.
-    #[arg(long, conflicts_with = "unused_since")]
+    /// Report what the sweep would do without changing anything (with
+    /// --unused-since: how many entries it would drop).
+    #[arg(long)]
     dry_run: bool,
     /// When another sweep is running, wait for it instead of failing.
     #[arg(long)]
@@ -90,6 +101,7 @@ pub fn run(a: GcArgs, ctx: &Ctx) -> Result<Status, Error> {
         return Ok(Status::Done);
     };
     let unused = match a.unused_since {
+        Some(t) if a.dry_run => Some(count_unused(&store, t)?),
         Some(t) => Some(store.remove_unused_since(t)?),
         None => None,
     };
@@ -111,6 +123,15 @@ pub fn run(a: GcArgs, ctx: &Ctx) -> Result<Status, Error> {
     drop(bar);
     print(&report, unused, &a, ctx)?;
     Ok(Status::Done)
+}
+
+/// How many entries `remove_unused_since(t)` would remove.
+fn count_unused(store: &Store, t: SystemTime) -> Result<u64, Error> {
+    let mut n = 0;
+    for m in store.list(&Selector::All)? {
+        n += u64::from(m?.is_unused_since(t));
+    }
+    Ok(n)
 }
 
 fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(), Error> {
@@ -135,7 +156,7 @@ fn print(r: &GcReport, unused: Option<u64>, a: &GcArgs, ctx: &Ctx) -> Result<(),
             format!(
                 "{} removed (expired for more than {})",
                 output::entries(r.entries_expired),
-                humantime::format_duration(a.grace)
+                output::human(a.grace)
             ),
         ),
         (

@@ -28,6 +28,7 @@ pub struct GetArgs {
     /// Backend name.
     backend: String,
     /// Signature.
+    #[arg(value_parser = super::put::parse_signature)]
     signature: String,
     /// Write the payload to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
@@ -154,7 +155,7 @@ fn pump_to(
 
 /// Writes `src` to `path` atomically (see [`output::write_atomic`]).
 fn write_file_atomic(path: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
-    output::write_atomic(path, |f, tmp| {
-        pump_to(src, f, key, || tmp.to_path_buf()).map(drop)
+    output::write_atomic(path, |f, dest| {
+        pump_to(src, f, key, || dest.to_path_buf()).map(drop)
     })
 }

@@ -1,7 +1,7 @@
 //! `blobcache ls`: list entries.
 
-use blobcache::{EntryMeta, Error, Selector, Store};
-use clap::Args;
+use blobcache::{Category, EntryMeta, Error, Selector, Store};
+use clap::{Args, ValueEnum};
 
 use super::output::{self, EntryJson, Out};
 use super::{Ctx, Status};
@@ -11,11 +11,16 @@ Examples:
   blobcache ls                       # every entry: BACKEND<TAB>SIGNATURE
   blobcache ls tmdb --prefix movie/  # one backend, signatures starting movie/
   blobcache ls --expired --long      # what GC will remove, as a table
+  blobcache ls --sort size --limit 10 --long   # the ten largest payloads
+  blobcache ls --category trending --sort expires
   blobcache --json ls tmdb | jq '.[].signature'
 
---long prints a table: backend, signature, size, stored size, expires in,
-hits. --json prints one JSON array of entries (see README for the fields).
-A cache directory that does not exist lists nothing.";
+Entries are listed by backend name, then signature (byte order), unless
+--sort says otherwise: size and hits list the largest first, expires the
+soonest first (ties by name). --long prints a table: backend, signature,
+size, stored size, expires in, hits. --json prints one JSON array of
+entries (see README for the fields). A cache directory that does not exist
+lists nothing.";
 
 /// Arguments of `ls`.
 #[derive(Args, Debug)]
@@ -29,10 +34,34 @@ pub struct LsArgs {
     /// Only expired entries (still served by `get --stale` until GC).
     #[arg(long)]
     expired: bool,
+    /// Only entries of this category (any case).
+    #[arg(long, value_parser = super::put::parse_category)]
+    category: Option<Category>,
+    /// Order of the listing.
+    #[arg(long, value_enum, default_value_t = SortBy::Name)]
+    sort: SortBy,
+    /// List at most N entries (after sorting).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// A table with sizes, expiry and hits.
     #[arg(short, long)]
     long: bool,
 }
+
+/// The orders `ls --sort` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SortBy {
+    /// Backend name, then signature.
+    Name,
+    /// Payload size, largest first.
+    Size,
+    /// Expiry time, soonest first.
+    Expires,
+    /// Hits, most first.
+    Hits,
+}
+
+type Listing = Box<dyn Iterator<Item = Result<EntryMeta, Error>>>;
 
 /// The entries a backend/prefix pair selects.
 pub fn selector(backend: Option<&str>, prefix: Option<&str>) -> Selector {
@@ -48,8 +77,13 @@ pub fn run(a: LsArgs, ctx: &Ctx) -> Result<Status, Error> {
     let store = ctx.open_existing()?;
     let now = output::now_ms();
     let sel = selector(a.backend.as_deref(), a.prefix.as_deref());
-    let mut entries = listed(store.as_ref(), &sel)?
-        .filter(|m| !a.expired || m.as_ref().map_or(true, |m| m.is_expired_at(now)));
+    let (expired, category) = (a.expired, a.category.clone());
+    let filtered = by_name(store.as_ref(), &sel)?.filter(move |m| {
+        m.as_ref().map_or(true, |m| {
+            (!expired || m.is_expired_at(now)) && category.as_ref().is_none_or(|c| *c == m.category)
+        })
+    });
+    let mut entries = sorted(Box::new(filtered), a.sort)?.take(a.limit.unwrap_or(usize::MAX));
     let mut out = Out::new();
     if ctx.json {
         out.raw(b"[")?;
@@ -72,11 +106,46 @@ pub fn run(a: LsArgs, ctx: &Ctx) -> Result<Status, Error> {
     Ok(Status::Done)
 }
 
+/// The selected entries in name order: backends alphabetically (the index
+/// orders them by name length first), each one's signatures in byte order.
+/// Streams: one backend at a time.
+fn by_name(store: Option<&Store>, sel: &Selector) -> Result<Listing, Error> {
+    let (Some(store), Selector::All) = (store, sel) else {
+        return listed(store, sel);
+    };
+    let mut names: Vec<String> = store
+        .stats()?
+        .backends
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    names.sort_unstable();
+    let store = store.clone();
+    Ok(Box::new(names.into_iter().flat_map(move |name| {
+        listed(Some(&store), &Selector::backend(name))
+            .unwrap_or_else(|e| Box::new(std::iter::once(Err(e))))
+    })))
+}
+
+/// `entries` in the order `by` asks for; sorting other than by name
+/// collects them first.
+fn sorted(entries: Listing, by: SortBy) -> Result<Listing, Error> {
+    if by == SortBy::Name {
+        return Ok(entries);
+    }
+    let mut all = entries.collect::<Result<Vec<_>, _>>()?;
+    // A stable sort keeps name order among ties.
+    match by {
+        SortBy::Name => {}
+        SortBy::Size => all.sort_by_key(|m| std::cmp::Reverse(m.raw_size)),
+        SortBy::Expires => all.sort_by_key(|m| m.expires_at),
+        SortBy::Hits => all.sort_by_key(|m| std::cmp::Reverse(m.hits)),
+    }
+    Ok(Box::new(all.into_iter().map(Ok)))
+}
+
 /// The selected entries of `store`, or none when there is no cache.
-pub fn listed(
-    store: Option<&Store>,
-    sel: &Selector,
-) -> Result<Box<dyn Iterator<Item = Result<EntryMeta, Error>>>, Error> {
+pub fn listed(store: Option<&Store>, sel: &Selector) -> Result<Listing, Error> {
     match store {
         Some(s) => Ok(Box::new(s.list(sel)?)),
         None => Ok(Box::new(std::iter::empty())),

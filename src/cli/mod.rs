@@ -63,18 +63,52 @@ pub struct Cli {
 
     /// Machine-readable output: one JSON document on stdout (field names
     /// are stable; see README).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "BLOBCACHE_JSON")]
     json: bool,
 
     /// Only errors on stderr: no progress bars, no warnings, no
     /// confirmations of put/rm/touch/clear.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "BLOBCACHE_QUIET",
+        conflicts_with = "verbose"
+    )]
     quiet: bool,
 
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
-    /// RUST_LOG overrides it.
+    /// More log output on stderr: -v says what each command does, -vv
+    /// debug, -vvv trace (other crates' logs stay at warn, info with
+    /// -vvv). BLOBCACHE_VERBOSE=N counts as N times -v; RUST_LOG
+    /// overrides both.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Refuse to store any payload, header or signature containing SECRET
+    /// (an API key), exit 2; the error never repeats it. Repeatable;
+    /// BLOBCACHE_DENY_SECRET takes a comma-separated list (prefer it: the
+    /// command line is visible to other users).
+    #[arg(
+        long = "deny-secret",
+        global = true,
+        env = "BLOBCACHE_DENY_SECRET",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
+    deny_secrets: Vec<String>,
+
+    /// Never store the response header NAME (any case), besides
+    /// Authorization, Cookie, Set-Cookie and Proxy-Authorization.
+    /// Repeatable; BLOBCACHE_DROP_HEADER takes a comma-separated list.
+    #[arg(
+        long = "drop-header",
+        global = true,
+        env = "BLOBCACHE_DROP_HEADER",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    drop_headers: Vec<String>,
 
     /// How long to wait for the process owning the cache to answer, or
     /// for a process holding it exclusively to let go.
@@ -183,18 +217,34 @@ pub struct Ctx {
     pub quiet: bool,
     /// `--owner-timeout`.
     pub owner_timeout: std::time::Duration,
+    /// `--deny-secret`.
+    deny_secrets: Vec<String>,
+    /// `--drop-header`.
+    drop_headers: Vec<String>,
     /// `--remote` and its companions.
     pub remote: Option<RemoteOptions>,
 }
 
 impl Ctx {
-    /// Opens the cache, creating it when missing.
-    pub fn open(&self) -> Result<Store, Error> {
-        let mut opts = StoreOptions::default().owner_timeout(self.owner_timeout);
+    /// The store options the global flags ask for.
+    pub fn store_options(&self) -> StoreOptions {
+        let mut opts = StoreOptions::default()
+            .owner_timeout(self.owner_timeout)
+            .deny_secrets(&self.deny_secrets);
+        for name in &self.drop_headers {
+            opts = opts.drop_header(name.as_str());
+        }
         if let Some(r) = &self.remote {
             opts = opts.remote(r.clone());
         }
-        Store::open(&self.dir, opts)
+        opts
+    }
+
+    /// Opens the cache, creating it when missing.
+    pub fn open(&self) -> Result<Store, Error> {
+        let store = Store::open(&self.dir, self.store_options())?;
+        log::info!("opened {} ({})", self.dir.display(), role(&store));
+        Ok(store)
     }
 
     /// Opens the cache if its directory exists; `None` means there is no
@@ -220,6 +270,15 @@ impl Ctx {
     }
 }
 
+/// Whether this process owns the cache, for `-v`.
+fn role(store: &Store) -> String {
+    if store.is_owner() {
+        "this process owns it".into()
+    } else {
+        format!("a guest of its owner, process {}", store.owner_pid())
+    }
+}
+
 fn default_dir() -> Result<PathBuf, Error> {
     dirs::cache_dir()
         .map(|d| d.join("blobcache"))
@@ -229,23 +288,73 @@ fn default_dir() -> Result<PathBuf, Error> {
         })
 }
 
-fn init_logging(cli: &Cli) {
-    let level = match (cli.quiet, cli.verbose) {
+/// The log filter for `-q`/`-v`: our own crate at the level asked for,
+/// other crates (sled) at warn, or info with `-vvv`.
+fn log_filter(quiet: bool, verbose: u8) -> &'static str {
+    match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        (false, _) => "trace",
+        (false, 1) => "warn,blobcache=info",
+        (false, 2) => "warn,blobcache=debug",
+        (false, _) => "info,blobcache=trace",
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let verbose = match cli.verbose {
+        0 => std::env::var("BLOBCACHE_VERBOSE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+        n => n,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    let filter = log_filter(cli.quiet, verbose);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_target(false)
         .init();
+}
+
+/// Parses the arguments; a usage error prints as one line (the first of
+/// clap's message, which names the problem) and exits 2.
+fn parse_args() -> Result<Cli, ExitCode> {
+    let e = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    use clap::error::ErrorKind::{
+        DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+    };
+    if matches!(
+        e.kind(),
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        let code = if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+            2
+        } else {
+            0
+        };
+        return Err(ExitCode::from(code));
+    }
+    let text = e.render().to_string();
+    // The first paragraph names the problem (a list of missing arguments
+    // continues on indented lines); usage and tips follow.
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let _ = writeln!(std::io::stderr(), "{} (see --help)", first.join(" "));
+    Err(ExitCode::from(2))
 }
 
 /// Parses the arguments, runs the command, and turns the outcome into the
 /// exit code (0 done, 1 not found, 2 error). Errors print as one line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logging(&cli);
     let remote = remote_options(&cli);
     let result = default_dir_or(cli.dir).and_then(|dir| {
@@ -254,6 +363,8 @@ pub fn main() -> ExitCode {
             json: cli.json,
             quiet: cli.quiet,
             owner_timeout: cli.owner_timeout,
+            deny_secrets: cli.deny_secrets,
+            drop_headers: cli.drop_headers,
             remote,
         };
         cli.command.run(&ctx)
@@ -265,9 +376,27 @@ pub fn main() -> ExitCode {
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Not eprintln!: it panics when stderr is a closed pipe.
-            let _ = writeln!(std::io::stderr(), "error: {e}");
+            let _ = writeln!(std::io::stderr(), "error: {}", message(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The one-line message for `e`, naming command-line flags where the
+/// library's message names its own options.
+fn message(e: &Error) -> String {
+    match e {
+        Error::SweepRunning { path } => format!(
+            "a GC sweep is already running on cache {}; wait for it to finish, or pass --wait",
+            path.display()
+        ),
+        Error::OwnerTimeout { path, pid, after } => format!(
+            "the process owning cache {} (pid {pid}) did not answer within {}; \
+             it may be hung or overloaded: check it, or raise --owner-timeout",
+            path.display(),
+            output::human(*after)
+        ),
+        other => other.to_string(),
     }
 }
 

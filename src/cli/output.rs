@@ -100,31 +100,53 @@ pub fn size(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }
 
-/// A duration rounded to its two largest units: `2days 23h`, `59m 58s`.
-pub fn coarse(d: Duration) -> String {
-    let secs = d.as_secs();
-    let unit = match secs {
-        s if s >= 86_400 => 3600,
-        s if s >= 3600 => 60,
-        _ => 1,
+/// Units of [`human`]: seconds each, singular name, plural name.
+const UNITS: [(u64, &str, &str); 5] = [
+    (365 * 86_400, " year", " years"),
+    (86_400, " day", " days"),
+    (3600, "h", "h"),
+    (60, "m", "m"),
+    (1, "s", "s"),
+];
+
+/// A duration in its two largest units, rounded to the nearest of the
+/// smaller one: `3 days`, `2 days 5h`, `1 year`, `1h 30m`, `59m 58s`.
+pub fn human(d: Duration) -> String {
+    let secs = d
+        .as_secs()
+        .saturating_add(u64::from(d.subsec_millis() >= 500));
+    let Some(i) = UNITS.iter().position(|&(u, ..)| secs >= u) else {
+        return "0s".into();
     };
-    let rounded = Duration::from_secs(secs / unit * unit);
-    humantime::format_duration(rounded).to_string()
+    let small = UNITS.get(i + 1).map_or(1, |&(u, ..)| u);
+    let rounded = secs.saturating_add(small / 2) / small * small;
+    // Rounding may carry into a larger unit (59m 59.6s is 1h).
+    let i = UNITS.iter().position(|&(u, ..)| rounded >= u).unwrap_or(i);
+    let mut parts = Vec::new();
+    let mut rest = rounded;
+    for &(unit, one, many) in &UNITS[i..(i + 2).min(UNITS.len())] {
+        let n = rest / unit;
+        rest %= unit;
+        if n > 0 {
+            parts.push(format!("{n}{}", if n == 1 { one } else { many }));
+        }
+    }
+    parts.join(" ")
 }
 
-/// `in 2days 23h` or `expired 5m ago`, for an expiry time in ms.
+/// `in 3 days` or `expired 5m ago`, for an expiry time in ms.
 pub fn expires_in(expires_at: u64, now: u64) -> String {
     if expires_at > now {
-        format!("in {}", coarse(Duration::from_millis(expires_at - now)))
+        format!("in {}", human(Duration::from_millis(expires_at - now)))
     } else {
         format!(
             "expired {} ago",
-            coarse(Duration::from_millis(now - expires_at))
+            human(Duration::from_millis(now - expires_at))
         )
     }
 }
 
-/// `expires in 2days 23h` or `expired 5m ago`, for an expiry time in ms.
+/// `expires in 3 days` or `expired 5m ago`, for an expiry time in ms.
 pub fn expiry(expires_at: u64, now: u64) -> String {
     let when = expires_in(expires_at, now);
     if expires_at > now {
@@ -227,9 +249,10 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 }
 
 /// Writes a file atomically: `fill` writes a fresh temporary file beside
-/// `path` (it gets the file and the temporary path, for error messages),
-/// which is then synced and renamed into place. On any failure the
-/// temporary file is removed and `path` is left as it was.
+/// `path` (it gets the file, and `path` for error messages: the temporary
+/// name is ours, not the user's), which is then synced and renamed into
+/// place. On any failure the temporary file is removed and `path` is left
+/// as it was.
 pub fn write_atomic<T>(
     path: &Path,
     fill: impl FnOnce(&mut File, &Path) -> Result<T, Error>,
@@ -242,7 +265,7 @@ pub fn write_atomic<T>(
         .file_name()
         .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.blobcache-{}.tmp", std::process::id()));
-    let result = fill_new_file(&tmp, fill).and_then(|value| {
+    let result = fill_new_file(&tmp, path, fill).and_then(|value| {
         fs::rename(&tmp, path).map_err(|source| Error::Io {
             op: "rename the output into",
             path: path.to_path_buf(),
@@ -258,35 +281,63 @@ pub fn write_atomic<T>(
 
 fn fill_new_file<T>(
     tmp: &Path,
+    path: &Path,
     fill: impl FnOnce(&mut File, &Path) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let io_err = |op, source| Error::Io {
         op,
-        path: tmp.to_path_buf(),
+        path: path.to_path_buf(),
         source,
     };
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(tmp)
-        .map_err(|e| io_err("create", e))?;
-    let value = fill(&mut f, tmp)?;
+        .map_err(|e| io_err("create a temporary file beside", e))?;
+    let value = fill(&mut f, path)?;
     f.sync_all().map_err(|e| io_err("sync", e))?;
     Ok(value)
 }
 
-/// Parses a point in time: RFC 3339 (`2026-11-23T15:00:00Z`, or without
-/// the zone or seconds), or a duration ago (`2h`, `1day 3h`).
+/// The forms [`parse_time`] accepts, for help texts and errors.
+pub const TIME_FORMS: &str = "an RFC 3339 time with any offset (2026-11-23T15:00:00+01:00, \
+     2026-11-23T14:00Z), a local time (2026-11-23T15:00, 2026-11-23 15:00:30), \
+     a local date (2026-11-23, meaning its midnight), or a duration ago (2h, 1day 3h)";
+
+/// Parses a point in time: RFC 3339 with any offset, seconds optional
+/// (`2026-11-23T15:00+01:00`); a time or a date without an offset, read
+/// in the local time zone (`TZ`, else the system's); or a duration ago
+/// (`2h`, `1day 3h`).
 pub fn parse_time(s: &str) -> Result<SystemTime, String> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
+    let s = s.trim();
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(SystemTime::from(t));
     }
-    let ago = humantime::parse_duration(s).map_err(|_| {
-        format!("{s:?} is neither an RFC 3339 time (2026-11-23T15:00:00Z) nor a duration ago (2h)")
-    })?;
+    if let Some(t) = parse_local(s) {
+        return t;
+    }
+    let ago = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a time: give {TIME_FORMS}"))?;
     SystemTime::now()
         .checked_sub(ago)
         .ok_or_else(|| format!("{s:?} reaches before the start of the clock"))
+}
+
+/// A time or date without an offset, in the local time zone; `None` when
+/// `s` is neither.
+fn parse_local(s: &str) -> Option<Result<SystemTime, String>> {
+    let civil = s.parse::<jiff::civil::DateTime>().ok().or_else(|| {
+        s.parse::<jiff::civil::Date>()
+            .ok()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    })?;
+    let zone = jiff::tz::TimeZone::system();
+    Some(
+        civil
+            .to_zoned(zone)
+            .map(|z| SystemTime::from(z.timestamp()))
+            .map_err(|e| format!("{s:?} is not a valid local time: {e}")),
+    )
 }
 
 /// Standard output for binary data (an archive): refused when it is a
@@ -299,4 +350,28 @@ pub fn binary_stdout() -> Result<io::Stdout, Error> {
         )));
     }
     Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_two_units_rounded_to_the_nearest() {
+        let h = |secs: u64, ms: u64| human(Duration::from_secs(secs) + Duration::from_millis(ms));
+        assert_eq!(h(0, 0), "0s");
+        assert_eq!(h(0, 400), "0s");
+        assert_eq!(h(1, 0), "1s");
+        assert_eq!(h(59 * 60 + 58, 0), "59m 58s");
+        assert_eq!(h(3599, 600), "1h");
+        assert_eq!(h(90 * 60 - 1, 990), "1h 30m");
+        assert_eq!(h(90 * 60, 0), "1h 30m");
+        assert_eq!(h(3 * 86_400 - 1, 0), "3 days");
+        assert_eq!(h(86_400, 0), "1 day");
+        assert_eq!(h(2 * 86_400 + 5 * 3600 + 20, 0), "2 days 5h");
+        // humantime's 1y is 365.25 days.
+        assert_eq!(h(31_557_600 - 5, 0), "1 year");
+        assert_eq!(h(2 * 365 * 86_400 + 3 * 86_400, 0), "2 years 3 days");
+        assert_eq!(h(u64::MAX, 0).split(' ').count(), 4);
+    }
 }

@@ -5,7 +5,7 @@ use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blobcache::{Category, Error, PutOptions, PutReport};
+use blobcache::{Category, Error, Fetched, PutOptions, PutReport};
 use clap::Args;
 use serde::Serialize;
 
@@ -19,10 +19,13 @@ Examples:
   blobcache put anidb dump/2026-11 dump.xml --category offline_dump
   blobcache put tmdb trending/day trending.json --ttl 90m
   blobcache --json put tmdb movie/603 movie.json | jq -r .hash
+  blobcache put tmdb movie/603 movie.json --header 'Cache-Control: max-age=600' --honor-cache-control
+  blobcache put anidb dump/2026-11 dump.xml --category offline_dump --pin
 
 Prints the payload's blake3 hash (the blob's name), its size and stored
 size. Authorization, Cookie, Set-Cookie and Proxy-Authorization headers are
-never stored.";
+never stored, nor those named by --drop-header; --deny-secret refuses a
+payload or header holding a secret (exit 2, nothing stored).";
 
 /// Arguments of `put`.
 #[derive(Args, Debug)]
@@ -31,26 +34,65 @@ pub struct PutArgs {
     /// Backend name, e.g. tmdb.
     backend: String,
     /// Signature: the request's identity within the backend, e.g. movie/603.
+    #[arg(value_parser = parse_signature)]
     signature: String,
     /// File holding the payload; `-` or nothing reads standard input.
     file: Option<PathBuf>,
     /// Time to live, e.g. 90s, 72h, 30d, '1h 30m' [default: by category].
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
-    /// metadata (72h), list (24h), schedule (1h), trending (1h),
-    /// offline_dump (30d), or another name (72h).
+    /// metadata (72h), list (24h), schedule (1h), trending (1h) or
+    /// offline_dump (30d), in any case; it sets the default TTL.
     #[arg(long, default_value = "metadata", value_parser = parse_category)]
     category: Category,
     /// A response header to keep, as 'Name: value'. Repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// The payload's media type [default: the Content-Type header's value].
+    #[arg(long, value_name = "TYPE")]
+    content_type: Option<String>,
+    /// Take the TTL from a Cache-Control header (s-maxage, else max-age;
+    /// no-cache stores it already expired; no-store does not store it);
+    /// --ttl or the category applies when the header says nothing.
+    #[arg(long)]
+    honor_cache_control: bool,
+    /// Never evict this entry to meet gc's size cap (it still expires).
+    #[arg(long)]
+    pin: bool,
 }
 
-fn parse_category(s: &str) -> Result<Category, String> {
-    if s.trim().is_empty() {
-        return Err("the category name is empty".into());
+/// Refuses an empty signature: on the command line it is almost always a
+/// shell variable that expanded to nothing, and every such call would
+/// share one entry.
+pub fn parse_signature(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the signature is empty; give the request's identity, e.g. movie/603".into());
     }
-    Ok(Category::parse(s))
+    Ok(s.to_string())
+}
+
+/// The categories the command line accepts.
+const CATEGORIES: [Category; 5] = [
+    Category::Metadata,
+    Category::List,
+    Category::Schedule,
+    Category::Trending,
+    Category::OfflineDump,
+];
+
+/// Parses a category name in any case (`Trending`, `OFFLINE_DUMP`,
+/// `offline-dump`); an unknown name is refused with the list of valid ones.
+pub fn parse_category(s: &str) -> Result<Category, String> {
+    match Category::parse(&s.trim().to_ascii_lowercase()) {
+        Category::Other(_) => {
+            let valid: Vec<&str> = CATEGORIES.iter().map(Category::as_str).collect();
+            Err(format!(
+                "unknown category {s:?}; valid: {}",
+                valid.join(", ")
+            ))
+        }
+        known => Ok(known),
+    }
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -79,15 +121,59 @@ struct PutJson<'a> {
 
 /// Runs `put`.
 pub fn run(a: PutArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let mut opts = PutOptions::new().category(a.category.clone());
-    if let Some(ttl) = a.ttl {
+    let mut opts = PutOptions::new()
+        .category(a.category.clone())
+        .pinned(a.pin)
+        .headers(a.headers.iter().cloned());
+    let cache_control = a.honor_cache_control.then(|| {
+        Fetched::new(Vec::new())
+            .headers(a.headers.iter().cloned())
+            .honor_cache_control()
+    });
+    if cache_control.as_ref().is_some_and(Fetched::is_no_store) {
+        return not_stored(&a, ctx);
+    }
+    if let Some(ttl) = cache_control.and_then(|f| f.get_ttl()).or(a.ttl) {
         opts = opts.ttl(ttl);
     }
-    opts = opts.headers(a.headers.iter().cloned());
+    let content_type = a
+        .content_type
+        .clone()
+        .or_else(|| header(&a.headers, "content-type"));
+    if let Some(ct) = content_type {
+        opts = opts.content_type(ct);
+    }
     let source = open_source(a.file.as_deref(), ctx)?;
     let store = ctx.open()?;
     let r = store.put_reader(&a.backend, &a.signature, source, &opts)?;
     report(&a, &r, ctx)?;
+    Ok(Status::Done)
+}
+
+/// The value of the first header called `name` (any case).
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+/// `--honor-cache-control` met `no-store`: nothing is stored.
+fn not_stored(a: &PutArgs, ctx: &Ctx) -> Result<Status, Error> {
+    let mut out = Out::new();
+    if ctx.json {
+        out.json(&serde_json::json!({
+            "backend": a.backend,
+            "signature": a.signature,
+            "stored": false,
+        }))?;
+    } else if ctx.chatty() {
+        out.line(format_args!(
+            "not stored: the Cache-Control header of {}/{} says no-store",
+            a.backend, a.signature
+        ))?;
+    }
+    out.flush()?;
     Ok(Status::Done)
 }
 

@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
-use blobcache::{Error, Store, StoreOptions};
+use blobcache::{Error, Store};
 use clap::Args;
 use serde::Serialize;
 
@@ -56,9 +56,7 @@ struct ServeJson {
 
 /// Runs `serve`.
 pub fn run(a: ServeArgs, ctx: &Ctx) -> Result<Status, Error> {
-    let mut opts = StoreOptions::default()
-        .owner_timeout(ctx.owner_timeout)
-        .gc_interval(a.gc_interval);
+    let mut opts = ctx.store_options().gc_interval(a.gc_interval);
     if let Some(cap) = a.max_size {
         opts = opts.max_size(cap);
     }

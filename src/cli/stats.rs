@@ -18,6 +18,11 @@ Examples:
 Ratios: compression = distinct payload bytes / their stored bytes;
 dedup = payload bytes of all entries / distinct payload bytes;
 hit ratio = hits / (hits + misses) since the cache was created.
+Per backend: PAYLOADS sums its entries' payload sizes, STORED their stored
+(compressed) sizes, BLOBS the stored size of its distinct blobs, what the
+backend occupies in blobs (a blob shared with another backend counts for
+both; index overhead and filesystem blocks are not included). Backends are
+listed by name. Sizes use binary units (1 KiB = 1024 bytes).
 stats reads every entry's record (not the payloads) to count expired
 entries per backend and distinct payloads. A cache directory that does
 not exist shows zeros.";
@@ -35,6 +40,8 @@ struct BackendJson {
     live: u64,
     expired: u64,
     raw_bytes: u64,
+    stored_bytes: u64,
+    blob_bytes: u64,
 }
 
 /// The JSON shape of `stats` (field names are stable; see README).
@@ -167,6 +174,17 @@ fn fill_totals(s: &mut StatsJson, t: &Stats) {
             ..BackendJson::default()
         })
         .collect();
+    s.backends.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// What [`scan`] counts per backend.
+#[derive(Default)]
+struct Tally {
+    live: u64,
+    expired: u64,
+    stored: u64,
+    blobs: HashSet<BlobHash>,
+    blob_bytes: u64,
 }
 
 /// Reads every record once: live/expired per backend, and the distinct
@@ -175,15 +193,19 @@ fn scan(store: &Store, s: &mut StatsJson, ctx: &Ctx) -> Result<(), Error> {
     let now = output::now_ms();
     let bar = Progress::start(ctx, "reading", s.entries);
     let mut seen: HashSet<BlobHash> = HashSet::new();
-    let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut per: BTreeMap<String, Tally> = BTreeMap::new();
     for (i, m) in (1..).zip(store.list(&Selector::All)?) {
         let m = m?;
         bar.set(i);
-        let (live, expired) = per.entry(m.backend.clone()).or_default();
+        let t = per.entry(m.backend.clone()).or_default();
         if m.is_expired_at(now) {
-            *expired += 1;
+            t.expired += 1;
         } else {
-            *live += 1;
+            t.live += 1;
+        }
+        t.stored += m.stored_size;
+        if t.blobs.insert(m.hash) {
+            t.blob_bytes += m.stored_size;
         }
         if seen.insert(m.hash) {
             s.unique_raw_bytes += m.raw_size;
@@ -191,7 +213,10 @@ fn scan(store: &Store, s: &mut StatsJson, ctx: &Ctx) -> Result<(), Error> {
         }
     }
     for b in &mut s.backends {
-        (b.live, b.expired) = per.get(&b.name).copied().unwrap_or_default();
+        if let Some(t) = per.get(&b.name) {
+            (b.live, b.expired) = (t.live, t.expired);
+            (b.stored_bytes, b.blob_bytes) = (t.stored, t.blob_bytes);
+        }
     }
     s.compression_ratio = div(s.unique_raw_bytes, s.unique_stored_bytes);
     s.dedup_ratio = div(s.raw_bytes, s.unique_raw_bytes);
@@ -269,17 +294,19 @@ fn human(out: &mut Out, s: &StatsJson) -> Result<(), Error> {
         .max(7);
     out.line("")?;
     out.line(format_args!(
-        "{:<w$}  {:>8}  {:>8}  {:>8}  {:>10}",
-        "BACKEND", "ENTRIES", "LIVE", "EXPIRED", "PAYLOADS"
+        "{:<w$}  {:>8}  {:>8}  {:>8}  {:>10}  {:>10}  {:>10}",
+        "BACKEND", "ENTRIES", "LIVE", "EXPIRED", "PAYLOADS", "STORED", "BLOBS"
     ))?;
     for b in &s.backends {
         out.line(format_args!(
-            "{:<w$}  {:>8}  {:>8}  {:>8}  {:>10}",
+            "{:<w$}  {:>8}  {:>8}  {:>8}  {:>10}  {:>10}  {:>10}",
             b.name,
             b.entries,
             b.live,
             b.expired,
-            output::size(b.raw_bytes)
+            output::size(b.raw_bytes),
+            output::size(b.stored_bytes),
+            output::size(b.blob_bytes)
         ))?;
     }
     Ok(())

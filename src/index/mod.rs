@@ -9,11 +9,12 @@
 //!   `b:<backend>` → [`BackendTotals`]
 //!
 //! Mutations are serialised by one writer lock; each [`Op`] becomes a set of
-//! [`tx::Effects`] that is written to sled and then appended to the journal
-//! (one `write(2)`) before the caller is answered. Totals live in memory
+//! [`tx::Effects`] that is appended to the journal (one `write(2)`) and then
+//! written to sled before the caller is answered. Totals live in memory
 //! and reach the `meta` tree at each checkpoint, which also flushes sled
 //! and trims the journal. Reads never take the writer lock.
 
+mod copy;
 mod repair;
 mod tx;
 
@@ -264,6 +265,9 @@ pub(crate) struct Index {
     access: Mutex<HashMap<Vec<u8>, Access>>,
     counters: Counters,
     stop: Mutex<Option<mpsc::Sender<()>>>,
+    /// Set when this is a read-only copy (see `copy.rs`); dropped last,
+    /// after sled is closed.
+    copy: Option<copy::Scratch>,
 }
 
 impl std::fmt::Debug for Index {
@@ -294,9 +298,47 @@ impl Index {
     /// and replaced by an empty one: the returned flag says so, and the
     /// caller should then rebuild counts (`verify --repair`).
     pub fn open(path: &Path, journal_dir: &Path, cfg: &IndexConfig) -> Result<(Arc<Index>, bool)> {
+        Index::open_in(path, journal_dir, cfg, None)
+    }
+
+    /// Opens a private copy of the index of a cache that cannot be written
+    /// (`reason` says why): reads work, every [`Op`] is refused with
+    /// [`Error::ReadOnly`]. The copy (in the system temp directory) is
+    /// removed when the index closes.
+    pub fn open_copy(
+        cache: &Path,
+        path: &Path,
+        journal_dir: &Path,
+        cfg: &IndexConfig,
+        reason: &str,
+    ) -> Result<(Arc<Index>, bool)> {
+        let scratch = copy::Scratch::copy(cache, path, journal_dir, reason)?;
+        let (index, journal) = (scratch.index(), scratch.journal());
+        Index::open_in(&index, &journal, cfg, Some(scratch))
+    }
+
+    fn open_in(
+        path: &Path,
+        journal_dir: &Path,
+        cfg: &IndexConfig,
+        copy: Option<copy::Scratch>,
+    ) -> Result<(Arc<Index>, bool)> {
         let (loaded, reset) = match load(path, cfg) {
             Ok(l) => (l, false),
             Err(OpenFailure::Fatal(e)) => return Err(e),
+            // What looks damaged on a full disk is a write sled could not
+            // finish: moving the index aside would lose it.
+            Err(OpenFailure::Damaged(why)) if nearly_full(path) => {
+                log::warn!(
+                    "index {} did not open on a full disk: {why}",
+                    path.display()
+                );
+                return Err(Error::io(
+                    "open index",
+                    path,
+                    std::io::ErrorKind::StorageFull.into(),
+                ));
+            }
             Err(OpenFailure::Damaged(why)) => {
                 let aside = move_aside(path)?;
                 log::error!(
@@ -353,6 +395,7 @@ impl Index {
             access: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stop: Mutex::new(None),
+            copy,
         };
         index.counters.add(&counters);
         if reset {
@@ -407,6 +450,9 @@ impl Index {
     /// Applies `op`: computes its effects, writes them, and appends them to
     /// the journal (fsynced under synced durability) before returning.
     pub fn apply(&self, op: &Op) -> Result<Outcome> {
+        if let Some(copy) = &self.copy {
+            return Err(copy.refusal());
+        }
         let mut w = self.lock_writer()?;
         let mut tx = Tx::new(&self.t, &w.totals.state, &w.totals.backends);
         let outcome = match tx.apply(op) {
@@ -418,9 +464,18 @@ impl Index {
         let mut effects = tx.into_effects();
         let seq = w.totals.state.seq + 1;
         effects.state.seq = seq;
-        self.t.write(&effects)?;
-        w.totals.absorb(&effects);
+        // Journal first: a checkpoint may flush sled at any moment (it does
+        // not hold the writer lock while it flushes), so any of this op's
+        // sled writes that reach the disk must already have their frame in
+        // the journal, or a kill -9 right after the flush would leave half
+        // an op in the index with nothing to complete it. A failed append
+        // changes nothing.
         w.journal.append(seq, &to_cbor(&effects))?;
+        // Totals follow the journal even if sled fails here: replay
+        // completes the op at the next open.
+        let written = self.t.write(&effects);
+        w.totals.absorb(&effects);
+        written?;
         if self.sync {
             w.journal.sync()?;
         }
@@ -714,6 +769,7 @@ fn open_db(path: &Path, cfg: &IndexConfig) -> std::result::Result<sled::Db, Open
         // would only add fsyncs.
         .flush_every_ms(None);
     // sled panics on some kinds of damage; a cache must not.
+    drop_partial_snapshots(path);
     let open = || catch_unwind(AssertUnwindSafe(|| config.open()));
     let mut opened = open();
     // We hold owner.lock, so sled's own file lock can only be held by a
@@ -749,6 +805,31 @@ const SLED_LOCK_RETRIES: u32 = 1000;
 /// True when sled refused to open because its file lock is taken.
 fn is_sled_lock_busy(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// True when the filesystem holding `path` has less than 1 MiB free.
+fn nearly_full(path: &Path) -> bool {
+    rustix::fs::statvfs(path).is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < 1 << 20)
+}
+
+/// Removes the `snap.*.generating` files a sled open cut short (a full
+/// disk): sled would read such a file as the newest snapshot and report
+/// the whole index as corrupt. A finished snapshot is renamed away from
+/// that name, so these are never needed; we hold `owner.lock`, so no other
+/// sled is writing one.
+fn drop_partial_snapshots(path: &Path) {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let partial = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"));
+        if partial && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn move_aside(path: &Path) -> Result<PathBuf> {

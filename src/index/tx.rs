@@ -140,6 +140,24 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// True for the changes that remove entries or blobs: on a full disk
+    /// they may use the space reserve (see `reserve.rs`).
+    pub fn frees_space(&self) -> bool {
+        matches!(
+            self,
+            Op::Delete { .. }
+                | Op::DeleteMany { .. }
+                | Op::Expire { .. }
+                | Op::DropUnused { .. }
+                | Op::Evict { .. }
+                | Op::ClaimBlob { .. }
+                | Op::BlobGone { .. }
+                | Op::ForgetBlob { .. }
+        )
+    }
+}
+
 /// One entry of an [`Op::Import`]; the fields mean what they mean in
 /// [`Op::Put`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -668,8 +686,12 @@ impl<'a> Tx<'a> {
                 let mut n = 0;
                 for k in keys {
                     if let Some(Ok(rec)) = self.record(k)?
-                        && !rec.pinned
-                        && rec.last_access.max(rec.created_at) < *before
+                        && crate::record::unused_before(
+                            rec.pinned,
+                            rec.last_access,
+                            rec.created_at,
+                            *before,
+                        )
                     {
                         n += u64::from(self.delete(k, None)?);
                     }

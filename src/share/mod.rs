@@ -91,7 +91,8 @@ enum Role {
 struct Owner {
     server: Option<Server>,
     index: Option<Arc<Index>>,
-    _lock: File,
+    /// `None` for a read-only copy of the index (nothing to guard).
+    lock: Option<File>,
 }
 
 impl Drop for Owner {
@@ -158,12 +159,42 @@ impl Share {
         Ok((share, reset))
     }
 
+    /// Opens a private read-only copy of the index of a cache that cannot
+    /// be written (`reason` says why; see `Index::open_copy`). This
+    /// process serves nobody and never fails over: each process reading
+    /// such a cache has its own copy.
+    pub fn open_copy(layout: Layout, cfg: IndexConfig, reason: &str) -> Result<(Share, Reset)> {
+        let (index, reset) =
+            Index::open_copy(&layout.root, &layout.index, &layout.journal, &cfg, reason)?;
+        let owner = Owner {
+            server: None,
+            index: Some(index),
+            lock: None,
+        };
+        let share = Share {
+            p: Params {
+                layout,
+                cfg,
+                sharing: Sharing::Exclusive,
+                timeout: Duration::ZERO,
+            },
+            current: RwLock::new(Current {
+                generation: 0,
+                role: Role::Owner(owner),
+            }),
+            store: OnceLock::new(),
+            pending: Mutex::default(),
+        };
+        Ok((share, reset))
+    }
+
     /// Starts serving guests once the store exists (owners only).
     pub fn start(&self, store: Weak<Inner>) -> Result<()> {
         let store = self.store.get_or_init(|| store);
         let mut cur = self.write_current()?;
         if let Role::Owner(owner) = &mut cur.role
             && owner.server.is_none()
+            && owner.lock.is_some()
         {
             owner.server = self.p.serve(store);
         }
@@ -585,7 +616,7 @@ impl Params {
         let mut owner = Owner {
             server: None,
             index: Some(index),
-            _lock: lock,
+            lock: Some(lock),
         };
         if let Some(store) = store {
             owner.server = self.serve(store);
@@ -643,7 +674,7 @@ fn done(r: Response) -> Option<()> {
 pub(crate) fn serve(store: &Store, req: Request) -> Response {
     let share = store.index();
     let res = match req {
-        Request::Apply(op) => share.apply(&op).map(Response::Outcome),
+        Request::Apply(op) => store.apply_index(&op).map(Response::Outcome),
         Request::Lookup(k) => share.lookup(&k).map(Response::Lookup),
         Request::InlineBytes(h) => share
             .inline_bytes(&h)
