@@ -286,3 +286,22 @@ fn verify_of_a_300_mib_blob_stays_bounded_in_memory() {
     // buffers and zstd window (before: 608 MiB).
     assert!(peak < 100 * 1024, "verify peaked at {peak} KiB");
 }
+
+#[test]
+fn gc_leaves_a_foreign_file_in_tmp_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    run_code(&d, &["put", "b", "k", "-"], &random(9, 40_000), 0);
+    // Old enough for any staging grace, but not a staging name.
+    let notes = d.join("tmp").join("user-notes.txt");
+    std::fs::write(&notes, b"mine").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&notes)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    run_code(&d, &["gc"], b"", 0);
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine", "foreign file kept");
+}
