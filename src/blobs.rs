@@ -611,6 +611,21 @@ impl Blobs {
         reader_over(file, hash, codec, raw_size)
     }
 
+    /// Checks the blob file for `hash` by streaming it through the decoder
+    /// and the hash in bounded memory (no map, no whole-payload buffer), as
+    /// `verify` does for every file blob.
+    pub fn check_file(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<(), BlobError> {
+        let mut r = self.open_reader(hash, codec, raw_size)?;
+        io::copy(&mut r, &mut io::sink())
+            .map(drop)
+            .map_err(|e| BlobError::Corrupt(e.to_string()))
+    }
+
     /// Opens the blob file for `hash` as a verifying stream (checked as it
     /// goes: damage shows at the end, after the bytes were handed out; see
     /// [`Blobs::open_verified`] for callers that emit them).

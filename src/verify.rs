@@ -327,7 +327,7 @@ fn check_blob(
     }
     store
         .blob_store()
-        .read_file(&rec.hash, rec.codec, rec.raw_size)
+        .check_file(&rec.hash, rec.codec, rec.raw_size)
         .err()
         .map(blob_verdict)
 }
@@ -338,8 +338,8 @@ fn check_blob(
 fn same_content(store: &Store, rec: &Record) -> bool {
     store
         .blob_store()
-        .open_reader(&rec.hash, rec.codec, rec.raw_size)
-        .is_ok_and(|mut r| std::io::copy(&mut r, &mut std::io::sink()).is_ok())
+        .check_file(&rec.hash, rec.codec, rec.raw_size)
+        .is_ok()
 }
 
 fn blob_verdict(e: BlobError) -> (ProblemKind, String) {
