@@ -1828,3 +1828,44 @@ fn fetch_runs_the_command_on_a_miss_only_and_serves_stale_when_it_fails() {
     assert_one_line_error(&run(d, &["fetch", "tmdb", "movie/3"], b""));
     assert_one_line_error(&run(d, &["fetch", "tmdb", "", "--", "true"], b""));
 }
+
+#[test]
+fn import_on_a_terminal_shows_the_step_and_bytes() {
+    // `script` gives the command a pseudo-terminal, where bars are drawn.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("script (util-linux) not found: progress bars not checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let mut payload = vec![0u8; 3 << 20];
+    Rng::new(9).fill(&mut payload);
+    for sig in ["a", "b"] {
+        payload[0] = sig.as_bytes()[0];
+        put(&src, "b", sig, &payload, &[]);
+    }
+    let tar = dir.path().join("a.tar");
+    run_code(&src, &["export", tar.to_str().unwrap()], b"", 0);
+    let cmd = format!(
+        "{} --dir {} import {}",
+        bin().display(),
+        dst.display(),
+        tar.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("importing blob"), "{text}");
+    assert!(text.contains(" MiB/6"), "bytes of the total: {text}");
+    assert!(text.contains("imported 2 entries"), "{text}");
+    assert_eq!(get(&dst, "b", "b").stdout, payload);
+}
