@@ -222,18 +222,6 @@ fn needle_end(dir: &Path, key: &[u8]) -> (std::path::PathBuf, u64) {
     panic!("no needle for {key:?}");
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
-}
-
 #[test]
 fn a_flipped_byte_in_a_pack_or_blob_file_is_a_counted_miss_never_bytes() {
     for mode in [ReadMode::Pread, ReadMode::Mmap] {

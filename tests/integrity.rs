@@ -96,19 +96,6 @@ fn a_symlinked_blob_file_or_tmp_dir_is_refused() {
     assert_eq!(std::fs::read_dir(&tmp_outside).unwrap().count(), 0);
 }
 
-/// Flips the byte at `at` of `path`.
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
-}
-
 fn truncate(path: &Path, by: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     let len = f.metadata().unwrap().len();

@@ -207,3 +207,16 @@ pub fn open_retry(dir: &Path, opts: StoreOptions) -> Store {
     }
     panic!("cache stayed locked");
 }
+
+/// Flips one bit of the byte at `at` of `path`, in place.
+pub fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+}
