@@ -148,7 +148,9 @@ impl GcOptions {
 
     /// Unreferenced blob files and staging files younger than this are left
     /// alone (default 10 minutes): a put may have just written the file and
-    /// not yet inserted its record.
+    /// not yet inserted its record. Zero is for a sweep no put runs beside
+    /// (a test, a maintenance window): a put in flight may then see its
+    /// fresh file swept and fail.
     pub fn safety_window(mut self, window: Duration) -> Self {
         self.safety_window = window;
         self
@@ -996,22 +998,45 @@ pub(crate) fn start_background(store: &Store) {
 
 fn sweeper_loop(weak: &WeakStore, rx: &Receiver<()>, every: Option<Duration>) {
     let idle = every.unwrap_or(365 * DAY);
+    let mut due = false;
     loop {
-        if let Err(RecvTimeoutError::Disconnected) = rx.recv_timeout(idle) {
+        let woke = match due {
+            true => pause(rx, COOLDOWN),
+            false => rx.recv_timeout(idle),
+        };
+        if let Err(RecvTimeoutError::Disconnected) = woke {
             return;
         }
-        let Some(store) = weak.upgrade() else { return };
-        let over_cap = background_sweep(&store, weak);
-        drop(store);
-        // Wake-ups that came during the sweep are served by it.
+        // Wake-ups so far are served by the sweep that starts now; one that
+        // comes while it runs stays queued and asks for another.
         while rx.try_recv().is_ok() {}
-        if over_cap && let Err(RecvTimeoutError::Disconnected) = rx.recv_timeout(COOLDOWN) {
-            return;
+        let Some(store) = weak.upgrade() else { return };
+        let again = background_sweep(&store, weak);
+        drop(store);
+        due = again || rx.try_recv().is_ok();
+    }
+}
+
+/// Waits `span` whatever wakes come meanwhile (sweeps stay paced);
+/// `Disconnected` when the store is gone.
+fn pause(rx: &Receiver<()>, span: Duration) -> std::result::Result<(), RecvTimeoutError> {
+    let deadline = std::time::Instant::now() + span;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        match rx.recv_timeout(left) {
+            Err(RecvTimeoutError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }
 
-/// Runs one background sweep; true when the cache is still over its cap.
+/// Runs one background sweep; true when another should follow: the cache
+/// is still over its cap (measured afresh, the index included, since sled
+/// and the journal grow after a sweep has measured them) and this sweep
+/// made progress (one that freed nothing would free nothing next time).
 fn background_sweep(store: &Store, weak: &WeakStore) -> bool {
     let mut opts = store.options().gc.clone();
     opts.wait = false;
@@ -1019,17 +1044,20 @@ fn background_sweep(store: &Store, weak: &WeakStore) -> bool {
     // This thread holds one handle while it sweeps; when it is the only
     // one left, the store is being closed.
     opts.cancel = Some(Arc::new(move || handles.handles() <= 1));
-    match store.gc(&opts) {
-        Ok(r) => {
-            log::debug!("background sweep: {r:?}");
-            r.still_over_cap
-        }
-        Err(Error::SweepRunning { .. }) => false,
+    let report = match store.gc(&opts) {
+        Ok(r) => r,
+        Err(Error::SweepRunning { .. }) => return false,
         Err(e) => {
             log::warn!("background sweep failed: {e}");
-            false
+            return false;
         }
-    }
+    };
+    log::debug!("background sweep: {report:?}");
+    let progressed = report.disk_bytes_after < report.disk_bytes_before;
+    let over = report
+        .max_size
+        .is_some_and(|cap| report.disk_bytes_after > cap);
+    progressed && over && !report.cancelled
 }
 
 /// Test hooks: let a test stop a put between placing its blob and inserting

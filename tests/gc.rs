@@ -580,7 +580,11 @@ fn put_over_the_store_cap_triggers_a_sweep_and_never_fails() {
     // Room for sled's log segments (512 KiB each) and the journal besides
     // the blobs, so that evicting blobs can always get under the cap.
     let cap = 3 << 20;
-    let opts = StoreOptions::default().max_size(cap).gc_options(now_gc());
+    // The default safety window: puts run beside the background sweeps, and
+    // a zero window would let a sweep take a put's fresh file.
+    let opts = StoreOptions::default()
+        .max_size(cap)
+        .gc_options(GcOptions::new());
     let store = Store::open(dir.path(), opts).unwrap();
     let n = 150u64; // 6 MB of incompressible 40 KB blob files
     for i in 0..n {
