@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,6 +293,10 @@ pub fn blob_read(data: &[u8]) {
         must(std::fs::create_dir_all(dir), "create fan-out directory");
     }
     must(std::fs::write(&path, file_bytes), "overwrite blob file");
+    // The target damages content, not permissions: keep the mode the store
+    // gives its files (a newly created file would otherwise get the umask's).
+    let mode = std::fs::Permissions::from_mode(crate::fsutil::FILE_MODE);
+    must(std::fs::set_permissions(&path, mode), "keep blob file mode");
 
     if let Some(mut reader) = must(store.get_reader("fuzz", "a"), "get_reader a") {
         let mut out = Vec::new();

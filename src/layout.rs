@@ -8,6 +8,7 @@
 //!   blobs/ab/…  blob files
 //!   tmp/        staging for atomic writes
 //!   locks/      owner.lock, gc.lock
+//!   quarantine/ foreign files `verify --repair` moved out of blobs/
 //! ```
 
 use std::fs::{self, File};
@@ -30,6 +31,7 @@ pub(crate) const OWN_NAMES: &[&str] = &[
     "locks",
     "owner.sock",
     "packs",
+    "quarantine",
 ];
 
 /// Paths of one cache directory.

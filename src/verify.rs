@@ -9,12 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
 use crate::blobs::{self, BlobError, BlobHash};
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::index::{Op, Snapshot, file_blob_info};
 use crate::key;
@@ -103,8 +105,12 @@ pub enum ProblemKind {
     Expiry,
     /// A running total differs from a recount.
     Totals,
-    /// Something that is not a blob sits in `blobs/`.
+    /// Something that is not a blob sits in `blobs/` (a repair moves it,
+    /// untouched, into `quarantine/`).
     ForeignFile,
+    /// A blob file can be read or written by others than its owner (a
+    /// repair sets it back to 0600).
+    Permissions,
 }
 
 impl ProblemKind {
@@ -119,6 +125,7 @@ impl ProblemKind {
             ProblemKind::Expiry => "expiry",
             ProblemKind::Totals => "totals",
             ProblemKind::ForeignFile => "foreign_file",
+            ProblemKind::Permissions => "permissions",
         }
     }
 }
@@ -157,7 +164,8 @@ pub struct VerifyReport {
     pub orphan_files: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
-    /// Index keys changed by the repair (0 without `repair`).
+    /// Index keys and blob-directory files changed by the repair (0
+    /// without `repair`).
     pub repaired: u64,
 }
 
@@ -194,9 +202,9 @@ pub(crate) fn verify(store: &Store, opts: VerifyOptions) -> Result<VerifyReport>
     check_refcounts(&snap, &infos, &mut report);
     check_expiry(&snap, &mut report);
     check_totals(&snap, &infos, &mut report);
-    check_files(store, &infos, &mut report)?;
+    let fixes = check_files(store, &infos, &mut report)?;
     if opts.repair && !report.is_clean() {
-        report.repaired = repair(store, &bad_entries)?;
+        report.repaired = repair(store, &bad_entries)? + repair_files(store, &fixes)?;
     }
     Ok(report)
 }
@@ -469,25 +477,96 @@ fn check_totals(snap: &Snapshot, infos: &HashMap<BlobHash, BlobInfo>, report: &m
     }
 }
 
-/// Walks `blobs/`: counts orphan files, reports foreign ones.
+/// What [`check_files`] found that a repair fixes on disk.
+#[derive(Default)]
+struct FileFixes {
+    /// Blob files open to group or others.
+    loose: Vec<PathBuf>,
+    /// Entries in `blobs/` that are not blobs.
+    foreign: Vec<PathBuf>,
+}
+
+/// Walks `blobs/`: counts orphan files, reports foreign ones and blob files
+/// with group or other permission bits.
 fn check_files(
     store: &Store,
     infos: &HashMap<BlobHash, BlobInfo>,
     report: &mut VerifyReport,
-) -> Result<()> {
-    let root = store.layout_root().join("blobs");
+) -> Result<FileFixes> {
+    let cache = &store.layout_root();
+    let root = cache.join("blobs");
+    let mut fixes = FileFixes::default();
     for (path, hash) in crate::blobs::walk(&root)? {
         match hash {
-            Some(h) if infos.contains_key(&h) => {}
+            Some(h) if infos.contains_key(&h) => check_mode(cache, path, report, &mut fixes),
             Some(_) => report.orphan_files += 1,
-            None => report.problem(
-                ProblemKind::ForeignFile,
-                path.display().to_string(),
-                "not a blob",
-            ),
+            None => {
+                report.problem(
+                    ProblemKind::ForeignFile,
+                    path.display().to_string(),
+                    "not a blob",
+                );
+                fixes.foreign.push(path);
+            }
         }
     }
-    Ok(())
+    Ok(fixes)
+}
+
+fn check_mode(cache: &Path, path: PathBuf, report: &mut VerifyReport, fixes: &mut FileFixes) {
+    let Ok(meta) = fsutil::metadata_in(cache, &path) else {
+        return; // removed meanwhile: the record checks report what matters
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    report.problem(
+        ProblemKind::Permissions,
+        path.display().to_string(),
+        format!("mode {mode:04o}, expected 0600"),
+    );
+    fixes.loose.push(path);
+}
+
+/// Sets loose blob files back to 0600 and moves foreign entries out of
+/// `blobs/` into `quarantine/` (never deleted: they may be someone's).
+fn repair_files(store: &Store, fixes: &FileFixes) -> Result<u64> {
+    let cache = &store.layout_root();
+    for path in &fixes.loose {
+        let file = fsutil::open_in(cache, path, fsutil::OpenHow::Read).ctx("open", path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .ctx("chmod", path)?;
+    }
+    if fixes.foreign.is_empty() {
+        return Ok(fixes.loose.len() as u64);
+    }
+    let quarantine = cache.join("quarantine");
+    fsutil::ensure_dir_in(cache, &quarantine)?;
+    for path in &fixes.foreign {
+        let to = quarantine_name(cache, &quarantine, path);
+        fsutil::rename_in(cache, path, &to).ctx("move to quarantine", path)?;
+        log::warn!("moved foreign {} to {}", path.display(), to.display());
+    }
+    Ok((fixes.loose.len() + fixes.foreign.len()) as u64)
+}
+
+/// A free name in `quarantine/` for `path` (`blobs/ab/x` → `ab_x`, then
+/// `ab_x.1`, `ab_x.2`, ... when taken).
+fn quarantine_name(cache: &Path, quarantine: &Path, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix(cache.join("blobs")).unwrap_or(path);
+    let flat: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let base = flat.join("_");
+    let mut candidate = quarantine.join(&base);
+    let mut n = 0u32;
+    while fsutil::metadata_in(cache, &candidate).is_ok() {
+        n += 1;
+        candidate = quarantine.join(format!("{base}.{n}"));
+    }
+    candidate
 }
 
 fn repair(store: &Store, bad: &[(Vec<u8>, Record, bool)]) -> Result<u64> {

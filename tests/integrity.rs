@@ -292,3 +292,44 @@ fn gc_leaves_a_foreign_file_in_tmp_alone() {
     run_code(&d, &["gc"], b"", 0);
     assert_eq!(std::fs::read(&notes).unwrap(), b"mine", "foreign file kept");
 }
+
+#[test]
+fn verify_repair_tightens_a_0666_blob_and_moves_foreign_files_to_quarantine() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    let payload = random(11, 40_000);
+    run_code(&d, &["put", "b", "k", "-"], &payload, 0);
+    let blob = blob_path(&d, &payload);
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let notes = blob.parent().unwrap().join("notes.txt");
+    std::fs::write(&notes, b"mine").unwrap();
+    std::fs::write(d.join("blobs").join("README"), b"also mine").unwrap();
+
+    let o = run_code(&d, &["verify"], b"", 1);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.contains("permissions") && text.contains("0666"),
+        "{text}"
+    );
+    assert_eq!(text.matches("foreign_file").count(), 2, "{text}");
+
+    let o = run_code(&d, &["verify", "--repair"], b"", 0);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("clean now"), "{text}");
+    let mode = std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "blob tightened");
+    assert!(!notes.exists(), "foreign file moved out of blobs/");
+    let hex = blake3::hash(&payload).to_hex().to_string();
+    let moved = d
+        .join("quarantine")
+        .join(format!("{}_notes.txt", &hex[..2]));
+    assert_eq!(std::fs::read(moved).unwrap(), b"mine", "kept, not deleted");
+    let readme = d.join("quarantine").join("README");
+    assert_eq!(std::fs::read(readme).unwrap(), b"also mine");
+
+    // Clean from now on, and the entry is intact.
+    run_code(&d, &["verify"], b"", 0);
+    let o = run_code(&d, &["get", "b", "k"], b"", 0);
+    assert_eq!(o.stdout, payload);
+}

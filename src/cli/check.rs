@@ -231,7 +231,7 @@ fn verify_report(r: &VerifyReport, clean: bool, repair: bool, ctx: &Ctx) -> Resu
             out.line(format_args!(
                 "repaired {} ({} changed); {outcome}",
                 problems(r.problems.len()),
-                output::count(r.repaired, "index key", "index keys")
+                output::count(r.repaired, "key or file", "keys and files")
             ))?;
         } else if !clean {
             out.line("run `blobcache verify --repair` to fix them")?;
