@@ -105,12 +105,15 @@ impl Fetched {
         &self.body
     }
 
-    /// The headers, as given.
+    /// The headers, as given. Named `get_` because [`Fetched::headers`] is
+    /// the builder method (the convention of `std::process::Command`; see
+    /// ARCHITECTURE.md, "API naming").
     pub fn get_headers(&self) -> &[(String, String)] {
         &self.headers
     }
 
-    /// The TTL set on this response, if any.
+    /// The TTL set on this response, if any. Named `get_` because
+    /// [`Fetched::ttl`] is the builder method.
     pub fn get_ttl(&self) -> Option<Duration> {
         self.ttl
     }

@@ -120,7 +120,10 @@ impl StoreOptions {
         self
     }
 
-    /// The configured compression level.
+    /// The configured compression level. Named `get_` because
+    /// [`StoreOptions::compression_level`] is the builder method (the
+    /// convention of `std::process::Command`; see ARCHITECTURE.md, "API
+    /// naming").
     pub fn get_compression_level(&self) -> i32 {
         self.compression_level
     }

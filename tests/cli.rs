@@ -1579,6 +1579,17 @@ fn man_page_renders_with_every_subcommand() {
     for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
         assert!(page.contains(section), "{section}");
     }
+    // Every global flag's environment variable is named beside it.
+    for var in [
+        "BLOBCACHE_DIR",
+        "BLOBCACHE_JSON",
+        "BLOBCACHE_QUIET",
+        "BLOBCACHE_OWNER_TIMEOUT",
+        "BLOBCACHE_REMOTE",
+        "BLOBCACHE_REMOTE_READ_ONLY",
+    ] {
+        assert!(page.contains(var), "{var} missing from the man page");
+    }
     // Rendered by groff when present (.ci/run installs it); otherwise only
     // the roff structure above is checked.
     let Ok(o) = std::process::Command::new("groff")
