@@ -16,7 +16,9 @@
 //! - `blobcache`: this crate, in-process owner, default options (L1 off);
 //! - `engine-v2`: storage core v2 (`blobcache::engine`, not yet behind
 //!   `Store`), default options: needles in packs read with `pread`, lean
-//!   80-byte records in sled, header sets stored once;
+//!   80-byte records in sled, header sets stored once, a zstd dictionary
+//!   per backend trained from its first 1,000 small payloads;
+//! - `engine-v2-nodict`: the same without dictionaries;
 //! - `engine-v2-mmap`: the same, reading through a map of each pack
 //!   (first-touch page faults included: gets start on a fresh open).
 //!
@@ -70,7 +72,7 @@ trait System: Send + Sync {
     fn handle(&self) -> Box<dyn Handle>;
 }
 
-const SYSTEMS: [&str; 8] = [
+const SYSTEMS: [&str; 9] = [
     "sqlite-rowid",
     "sqlite-norowid",
     "cacache",
@@ -78,6 +80,7 @@ const SYSTEMS: [&str; 8] = [
     "sled-zstd",
     "blobcache",
     "engine-v2",
+    "engine-v2-nodict",
     "engine-v2-mmap",
 ];
 
@@ -92,8 +95,9 @@ fn open_system(name: &str, dir: &Path) -> Box<dyn System> {
             Store::open(dir, StoreOptions::default()).unwrap(),
             PutOptions::new(),
         )),
-        "engine-v2" => EngineV2::open(dir, ReadMode::Pread),
-        "engine-v2-mmap" => EngineV2::open(dir, ReadMode::Mmap),
+        "engine-v2" => EngineV2::open(dir, EngineOptions::new()),
+        "engine-v2-nodict" => EngineV2::open(dir, EngineOptions::new().dictionaries(0, 0)),
+        "engine-v2-mmap" => EngineV2::open(dir, EngineOptions::new().read_mode(ReadMode::Mmap)),
         other => panic!("unknown system {other}"),
     }
 }
@@ -217,8 +221,8 @@ impl Handle for Blobcache {
 struct EngineV2(Arc<Engine>, PutMeta);
 
 impl EngineV2 {
-    fn open(dir: &Path, mode: ReadMode) -> Box<dyn System> {
-        let engine = Engine::open(dir, EngineOptions::new().read_mode(mode)).unwrap();
+    fn open(dir: &Path, opts: EngineOptions) -> Box<dyn System> {
+        let engine = Engine::open(dir, opts).unwrap();
         let meta = PutMeta {
             ttl: Some(Duration::from_millis(TTL_MS as u64)),
             headers: HeaderSet {

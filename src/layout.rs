@@ -31,6 +31,7 @@ pub(crate) const OWN_NAMES: &[&str] = &[
     "locks",
     "owner.sock",
     "packs",
+    "dicts",
     "quarantine",
 ];
 

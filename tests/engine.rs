@@ -377,3 +377,98 @@ fn a_second_process_is_refused_with_a_clear_error_and_loses_nothing() {
     let e = Engine::open(dir.path(), EngineOptions::new()).unwrap();
     assert_all_readable(&e, 0..5);
 }
+
+/// Mean stored size of the api-response entries (i % 60 not special) in
+/// `range`.
+fn mean_stored(e: &Engine, range: std::ops::Range<u64>) -> f64 {
+    let sizes: Vec<u64> = range
+        .filter(|i| ![7, 13, 29, 41].contains(&(i % 60)))
+        .map(|i| {
+            let key = sig(i);
+            let (_, info) = e
+                .list("tmdb", &key)
+                .unwrap()
+                .into_iter()
+                .find(|(s, _)| s == key.as_bytes())
+                .unwrap();
+            info.stored_size
+        })
+        .collect();
+    sizes.iter().sum::<u64>() as f64 / sizes.len() as f64
+}
+
+#[test]
+fn a_backend_dictionary_is_trained_used_and_survives_reopen_and_damage() {
+    for mode in [ReadMode::Pread, ReadMode::Mmap] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions::new()
+            .read_mode(mode)
+            .dictionaries(300, 16 * 1024);
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        // 300 samples are complete within the first 400 puts (empty,
+        // random and large payloads are not sampled); training runs on
+        // its own thread.
+        fill(&e, 0..400);
+        e.settle();
+        fill(&e, 400..900);
+        e.put("other", "x", &payload(3), &meta()).unwrap();
+        e.settle();
+        assert_eq!(e.stats().unwrap().dictionaries, 1, "one, for tmdb only");
+        let (before, after) = (mean_stored(&e, 0..300), mean_stored(&e, 400..900));
+        assert!(
+            after < before * 0.8,
+            "needles written with the dictionary are smaller: {before:.0} -> {after:.0}"
+        );
+        assert_all_readable(&e, 0..900);
+        drop(e);
+
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        assert_all_readable(&e, 0..900);
+        fill(&e, 900..1000);
+        e.settle();
+        assert_eq!(
+            e.stats().unwrap().dictionaries,
+            1,
+            "reused after reopen, not retrained"
+        );
+        assert_all_readable(&e, 0..1000);
+        drop(e);
+
+        // A damaged dictionary: the needles that need it are counted
+        // misses, never bytes; the others still read; the backend trains
+        // a new one and puts heal.
+        let file = dir.path().join("dicts/0001.zdict");
+        flip(&file, 100);
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        let mut misses = 0;
+        for i in 0..1000 {
+            match e.get("tmdb", sig(i)).unwrap() {
+                Some(hit) => assert!(hit.data == payload(i), "entry {i}: wrong bytes"),
+                None => misses += 1,
+            }
+        }
+        assert!(misses >= 500, "the entries written with it: {misses}");
+        assert_eq!(e.stats().unwrap().corrupt_reads, misses);
+        assert_all_readable(&e, 0..300);
+        fill(&e, 300..1000);
+        e.settle();
+        assert_all_readable(&e, 0..1000);
+        assert_eq!(e.stats().unwrap().dictionaries, 2, "a new one replaces it");
+    }
+}
+
+#[test]
+fn dictionaries_off_trains_none_and_a_symlinked_dicts_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions::new().dictionaries(0, 16 * 1024);
+    let e = Engine::open(dir.path(), opts.clone()).unwrap();
+    fill(&e, 0..400);
+    e.settle();
+    assert_eq!(e.stats().unwrap().dictionaries, 0);
+    drop(e);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(dir.path().join("dicts")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("dicts")).unwrap();
+    let err = Engine::open(dir.path(), opts).unwrap_err().to_string();
+    assert!(err.contains("dicts"), "{err}");
+}

@@ -5,7 +5,9 @@
 //! <dir>/packs/NNNNNNNN.pack   needles: payloads and the index changes they carry
 //! <dir>/locks/pack-*.lock     one per pack, held by its writer
 //! <dir>/index/                sled: `records` key -> 80-byte lean record,
-//!                             `headers` id -> header set, `applied` pack -> offset
+//!                             `headers` id -> header set, `applied` pack -> offset,
+//!                             `dicts` backend -> dictionary id
+//! <dir>/dicts/NNNN.zdict      zstd dictionaries (one per backend, and past ones)
 //! <dir>/blobs/ab/cd…          payloads above the blob threshold, one file each
 //! <dir>/tmp/                  staging of blob files
 //! ```
@@ -36,15 +38,17 @@ use crate::fsutil;
 use crate::key;
 use crate::options::Durability;
 use crate::pack::{
-    FILE_HEADER_LEN, LeanRecord, Location, NeedleCodec, PackDir, PackError, PackReader, PackWriter,
-    PackWriterOptions, Place, Prepared, ReadMode,
+    DictDir, Dictionary, FILE_HEADER_LEN, LeanRecord, Location, NeedleCodec, PackDir, PackError,
+    PackReader, PackWriter, PackWriterOptions, Place, Prepared, ReadMode,
 };
 use crate::record::Codec;
 
+mod dictionaries;
 pub mod headers;
 mod intent;
 mod recovery;
 
+use dictionaries::Dictionaries;
 pub use headers::HeaderSet;
 use headers::{HeaderSets, Named};
 use intent::{Intent, SET_LEN};
@@ -66,6 +70,8 @@ pub struct EngineOptions {
     read_mode: ReadMode,
     cache_bytes: u64,
     index_flush: Option<Duration>,
+    dict_samples: usize,
+    dict_bytes: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -79,6 +85,8 @@ impl Default for EngineOptions {
             read_mode: ReadMode::Pread,
             cache_bytes: 64 << 20,
             index_flush: Some(Duration::from_millis(500)),
+            dict_samples: 1000,
+            dict_bytes: 32 * 1024,
             clock: Arc::new(SystemClock),
         }
     }
@@ -86,7 +94,8 @@ impl Default for EngineOptions {
 
 impl EngineOptions {
     /// The defaults: zstd 3, 256 KiB blob threshold, 256 MiB packs,
-    /// buffered, `pread` reads, 64 MiB index cache.
+    /// buffered, `pread` reads, 64 MiB index cache, a 32 KiB dictionary
+    /// per backend trained from its first 1,000 small payloads.
     pub fn new() -> Self {
         Self::default()
     }
@@ -133,6 +142,16 @@ impl EngineOptions {
     /// tests use it to make crash recovery do all the work).
     pub fn index_flush(mut self, every: Option<Duration>) -> Self {
         self.index_flush = every;
+        self
+    }
+
+    /// Per-backend zstd dictionaries: once a backend without one has
+    /// put `samples` payloads of at most 16 KiB since open, a dictionary
+    /// of at most `max_bytes` is trained from them and its later needles
+    /// use it (0 samples: never). Earlier needles keep their encoding.
+    pub fn dictionaries(mut self, samples: usize, max_bytes: usize) -> Self {
+        self.dict_samples = samples;
+        self.dict_bytes = max_bytes.clamp(256, crate::pack::dict::MAX_DICT);
         self
     }
 
@@ -246,6 +265,8 @@ pub struct EngineStats {
     pub blob_entries: u64,
     /// Distinct header sets stored.
     pub header_sets: u64,
+    /// zstd dictionaries stored (every backend's, past and current).
+    pub dictionaries: u64,
     /// Every pack.
     pub packs: Vec<PackStats>,
     /// Reads that found a damaged or missing payload (since open).
@@ -284,6 +305,7 @@ pub struct Engine {
     records: sled::Tree,
     applied: sled::Tree,
     headers: HeaderSets,
+    dicts: Arc<Dictionaries>,
     writer: Mutex<Writer>,
     reader: PackReader,
     dir: PackDir,
@@ -326,7 +348,16 @@ impl Engine {
             .durability(opts.durability)
             .level(opts.level);
         let packs = PackWriter::open(root, wopts).map_err(pack_error)?;
-        let reader = PackReader::open(root, opts.read_mode).map_err(pack_error)?;
+        let level = opts.level.unwrap_or(3);
+        let dict_dir = Arc::new(DictDir::open(root, &root.join("tmp"), level).map_err(pack_error)?);
+        let dicts = Arc::new(Dictionaries::open(
+            dict_dir.clone(),
+            tree("dicts")?,
+            &index_path,
+        )?);
+        let reader = PackReader::open(root, opts.read_mode)
+            .map_err(pack_error)?
+            .with_dictionaries(dict_dir);
         let dir = PackDir::open(root, false).map_err(pack_error)?;
         let blobs = Blobs::new(
             root.join("blobs"),
@@ -341,6 +372,7 @@ impl Engine {
             records,
             applied,
             headers,
+            dicts,
             writer: Mutex::new(Writer {
                 packs,
                 last: None,
@@ -383,7 +415,17 @@ impl Engine {
         if payload.len() > self.opts.blob_threshold {
             return self.put_blob_file(&key, payload, template, &meta.headers);
         }
-        self.put_needle(&key, payload, template, &meta.headers)
+        let dict = self.dicts.current(backend);
+        let report = self.put_needle(&key, payload, template, &meta.headers, dict.as_deref())?;
+        if dict.is_none() && self.opts.level.is_some() {
+            self.dicts.sample(
+                backend,
+                payload,
+                self.opts.dict_samples,
+                self.opts.dict_bytes,
+            );
+        }
+        Ok(report)
     }
 
     /// A payload in this process's pack: compressed and hashed outside
@@ -395,8 +437,13 @@ impl Engine {
         payload: &[u8],
         template: LeanRecord,
         headers: &HeaderSet,
+        dict: Option<&Dictionary>,
     ) -> Result<PutReport> {
-        let prepared = Prepared::new(payload, self.opts.level).map_err(invalid)?;
+        let prepared = match dict {
+            Some(d) => Prepared::with_dictionary(payload, d),
+            None => Prepared::new(payload, self.opts.level),
+        };
+        let prepared = prepared.map_err(invalid)?;
         let mut w = self.lock_writer();
         let mut writes = 0;
         let header_set = self.name_headers(&mut w, headers, &mut writes)?;
@@ -404,6 +451,7 @@ impl Engine {
             place: Place::Pack(loc),
             hash: prepared.hash,
             zstd: prepared.codec == NeedleCodec::Zstd,
+            dict: prepared.dict,
             header_set,
             ..template
         };
@@ -694,6 +742,7 @@ impl Engine {
     pub fn stats(&self) -> Result<EngineStats> {
         let mut s = EngineStats {
             header_sets: self.headers.len() as u64,
+            dictionaries: self.dicts.stored()?,
             corrupt_reads: self.corrupt.load(Ordering::Relaxed),
             recovery: self.recovery,
             ..EngineStats::default()
@@ -728,6 +777,12 @@ impl Engine {
         Ok(s)
     }
 
+    /// Waits for the dictionary trainings in progress (they run on their
+    /// own threads; dropping the engine waits too).
+    pub fn settle(&self) {
+        self.dicts.settle();
+    }
+
     /// What recovery did when this engine was opened.
     pub fn recovery(&self) -> Recovery {
         self.recovery
@@ -756,6 +811,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.dicts.settle();
         if let Err(e) = self.flush() {
             log::warn!("closing the engine: {e}");
         }

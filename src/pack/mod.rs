@@ -24,12 +24,14 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::fsutil::{self, OpenHow};
 
+pub mod dict;
 pub mod needle;
 pub mod reader;
 pub mod record;
 pub mod scan;
 pub mod writer;
 
+pub use dict::{DictDir, Dictionary};
 pub use needle::{HEADER_LEN, MAX_RAW, NeedleCodec, Prepared};
 pub use reader::{Needle, PackReader, ReadMode};
 pub use record::{LEAN_LEN, LeanRecord, Place};

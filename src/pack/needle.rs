@@ -22,6 +22,7 @@
 
 use std::sync::LazyLock;
 
+use super::dict::Dictionary;
 use crate::blobs::{self, BlobError, BlobHash};
 use crate::record::Codec;
 
@@ -184,11 +185,20 @@ impl NeedleRef<'_> {
     /// header. Needles naming a dictionary are refused until dictionaries
     /// exist.
     pub fn payload(&self) -> Result<Vec<u8>, String> {
+        self.payload_with(None)
+    }
+
+    /// Like [`NeedleRef::payload`], decoding with `dict` when the needle
+    /// names one (it must be that dictionary).
+    pub fn payload_with(&self, dict: Option<&Dictionary>) -> Result<Vec<u8>, String> {
         if self.header.dict != 0 {
-            return Err(format!(
-                "needle needs zstd dictionary {}, which this cache does not hold",
-                self.header.dict
-            ));
+            let Some(d) = dict.filter(|d| d.id() == self.header.dict) else {
+                return Err(format!(
+                    "needle needs zstd dictionary {}, which was not given",
+                    self.header.dict
+                ));
+            };
+            return self.decode_with(d);
         }
         let codec = self.header.codec.as_codec();
         blobs::decode(
@@ -202,6 +212,23 @@ impl NeedleRef<'_> {
             BlobError::Missing => "payload missing".into(),
             BlobError::Io(e) => e.to_string(),
         })
+    }
+}
+
+impl NeedleRef<'_> {
+    fn decode_with(&self, d: &Dictionary) -> Result<Vec<u8>, String> {
+        if self.header.codec != NeedleCodec::Zstd {
+            return Err("a raw needle names a dictionary".into());
+        }
+        let raw_len = self.header.raw_len as usize;
+        let raw = d.decompress(self.stored, raw_len)?;
+        if raw.len() != raw_len {
+            return Err(format!("decoded {} bytes, expected {raw_len}", raw.len()));
+        }
+        if BlobHash::of(&raw) != self.header.hash {
+            return Err("content does not match its hash".into());
+        }
+        Ok(raw)
     }
 }
 
@@ -286,6 +313,18 @@ pub fn encode(parts: &NeedleParts<'_>, out: &mut Vec<u8>) -> Result<(), String> 
     Ok(())
 }
 
+fn check_len(raw: &[u8]) -> Result<u32, String> {
+    u32::try_from(raw.len())
+        .ok()
+        .filter(|n| *n <= MAX_RAW)
+        .ok_or_else(|| {
+            format!(
+                "payload of {} bytes exceeds the needle limit {MAX_RAW}",
+                raw.len()
+            )
+        })
+}
+
 /// A payload ready to be framed: hashed, and compressed when that shrinks
 /// it.
 #[derive(Clone, Debug)]
@@ -298,21 +337,15 @@ pub struct Prepared<'a> {
     pub codec: NeedleCodec,
     /// The bytes the needle will hold.
     pub stored: std::borrow::Cow<'a, [u8]>,
+    /// The zstd dictionary `stored` needs (0 = none).
+    pub dict: u16,
 }
 
 impl<'a> Prepared<'a> {
     /// Hashes `raw` and compresses it at `level` (kept raw when `None` or
     /// when zstd does not shrink it). Fails on payloads past [`MAX_RAW`].
     pub fn new(raw: &'a [u8], level: Option<i32>) -> Result<Prepared<'a>, String> {
-        let raw_len = u32::try_from(raw.len())
-            .ok()
-            .filter(|n| *n <= MAX_RAW)
-            .ok_or_else(|| {
-                format!(
-                    "payload of {} bytes exceeds the needle limit {MAX_RAW}",
-                    raw.len()
-                )
-            })?;
+        let raw_len = check_len(raw)?;
         let (codec, stored) = match level.and_then(|l| blobs::compress(raw, l)) {
             Some(z) => (NeedleCodec::Zstd, std::borrow::Cow::Owned(z)),
             None => (NeedleCodec::Raw, std::borrow::Cow::Borrowed(raw)),
@@ -322,6 +355,25 @@ impl<'a> Prepared<'a> {
             raw_len,
             codec,
             stored,
+            dict: 0,
+        })
+    }
+
+    /// Hashes `raw` and compresses it with `dict` (kept raw when that
+    /// does not shrink it).
+    pub fn with_dictionary(raw: &'a [u8], dict: &Dictionary) -> Result<Prepared<'a>, String> {
+        let raw_len = check_len(raw)?;
+        let z = dict.compress(raw)?;
+        let (codec, stored, id) = match z.len() < raw.len() {
+            true => (NeedleCodec::Zstd, std::borrow::Cow::Owned(z), dict.id()),
+            false => (NeedleCodec::Raw, std::borrow::Cow::Borrowed(raw), 0),
+        };
+        Ok(Prepared {
+            hash: BlobHash::of(raw),
+            raw_len,
+            codec,
+            stored,
+            dict: id,
         })
     }
 
@@ -330,7 +382,7 @@ impl<'a> Prepared<'a> {
         NeedleParts {
             hash: self.hash,
             codec: self.codec,
-            dict: 0,
+            dict: self.dict,
             raw_len: self.raw_len,
             key,
             record,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use memmap2::Mmap;
 
 use super::needle::{self, HEADER_LEN, MAX_RAW};
-use super::{FILE_HEADER_LEN, Location, PackDir, PackError, check_file_header};
+use super::{DictDir, FILE_HEADER_LEN, Location, PackDir, PackError, check_file_header};
 use crate::blobs::BlobHash;
 use crate::error::Error;
 
@@ -48,6 +48,7 @@ struct OpenPack {
 pub struct PackReader {
     dir: PackDir,
     mode: ReadMode,
+    dicts: Option<Arc<DictDir>>,
     open: Mutex<HashMap<u32, Arc<OpenPack>>>,
 }
 
@@ -66,8 +67,29 @@ impl PackReader {
         Ok(PackReader {
             dir: PackDir::open(root, false)?,
             mode,
+            dicts: None,
             open: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reads needles that name a dictionary with those of `dicts`
+    /// (without, such needles are errors).
+    pub fn with_dictionaries(mut self, dicts: Arc<DictDir>) -> PackReader {
+        self.dicts = Some(dicts);
+        self
+    }
+
+    /// The decoded payload of `n`, with its dictionary when it names one.
+    fn payload(&self, n: &needle::NeedleRef<'_>) -> Result<Vec<u8>, String> {
+        let id = n.header.dict;
+        if id == 0 {
+            return n.payload();
+        }
+        let dicts = self.dicts.as_ref().ok_or_else(|| {
+            format!("needle needs zstd dictionary {id}, and this reader has none")
+        })?;
+        let d = dicts.get(id)?;
+        n.payload_with(Some(&d))
     }
 
     /// The payload at `loc`, verified, and checked to be the payload named
@@ -80,7 +102,7 @@ impl PackReader {
                     n.header.hash
                 ));
             }
-            n.payload()
+            self.payload(n)
         })
     }
 
@@ -88,7 +110,7 @@ impl PackReader {
     pub fn read_needle(&self, loc: Location) -> Result<Needle, PackError> {
         self.with_needle(loc, |n| {
             Ok(Needle {
-                payload: n.payload()?,
+                payload: self.payload(n)?,
                 key: n.key.to_vec(),
                 record: n.record.to_vec(),
                 hash: n.header.hash,
