@@ -293,6 +293,15 @@ fn worker() {
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
         return;
     }
+    if parts[0] == "compact" {
+        // Rewrites every sealed pack, over and over, until killed.
+        for round in 0.. {
+            let r = e.compact(0.0).unwrap();
+            assert_eq!(r.damaged, 0);
+            writeln!(out, "round {round} {}", r.needles_copied).unwrap();
+            out.flush().unwrap();
+        }
+    }
     let first: u64 = parts[2].parse().unwrap();
     let count: u64 = parts[3].parse().unwrap();
     for i in first..first + count {
@@ -471,4 +480,153 @@ fn dictionaries_off_trains_none_and_a_symlinked_dicts_dir_is_refused() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("dicts")).unwrap();
     let err = Engine::open(dir.path(), opts).unwrap_err().to_string();
     assert!(err.contains("dicts"), "{err}");
+}
+
+fn pack_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("packs")).unwrap().count()
+}
+
+#[test]
+fn compaction_rewrites_mostly_dead_packs_reencodes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small packs, and a dictionary trained after the first packs are
+    // written, so compaction has both dead bytes and needles to re-encode.
+    let opts = EngineOptions::new()
+        .max_pack_bytes(64 * 1024)
+        .dictionaries(300, 16 * 1024);
+    let e = Engine::open(dir.path(), opts.clone()).unwrap();
+    fill(&e, 0..600);
+    e.settle();
+    // Overwrite or delete three entries in four.
+    for i in 0..600u64 {
+        match i % 4 {
+            0 => {}
+            1 => assert!(e.delete("tmdb", sig(i)).unwrap()),
+            _ => {
+                let put = e.put("tmdb", sig(i), &payload(i), &meta()).unwrap();
+                assert_eq!(put.hash, blake3_of(i));
+            }
+        }
+    }
+    let before = e.stats().unwrap();
+    let packs_before = pack_count(dir.path());
+    let report = e.compact(0.5).unwrap();
+    assert!(report.packs_removed > 0, "{report:?}");
+    assert!(report.needles_copied > 0, "{report:?}");
+    assert!(
+        report.reencoded > 0,
+        "old needles take the new dictionary: {report:?}"
+    );
+    assert_eq!(report.damaged, 0);
+    let after = e.stats().unwrap();
+    assert_eq!(after.entries, before.entries);
+    let file_bytes =
+        |s: &blobcache::engine::EngineStats| -> u64 { s.packs.iter().map(|p| p.file_bytes).sum() };
+    assert!(
+        file_bytes(&after) < file_bytes(&before),
+        "{} -> {}",
+        file_bytes(&before),
+        file_bytes(&after)
+    );
+    assert!(pack_count(dir.path()) < packs_before);
+    let check = |e: &Engine| {
+        for i in 0..600u64 {
+            let hit = e.get("tmdb", sig(i)).unwrap();
+            match i % 4 {
+                1 => assert!(hit.is_none(), "deleted {i} came back"),
+                _ => {
+                    let hit = hit.unwrap_or_else(|| panic!("{i} lost"));
+                    assert!(hit.data == payload(i), "{i}: wrong bytes");
+                    assert_eq!(*hit.headers, json_headers());
+                }
+            }
+        }
+    };
+    check(&e);
+    assert_eq!(e.stats().unwrap().corrupt_reads, 0);
+    drop(e);
+    let e = Engine::open(dir.path(), opts).unwrap();
+    assert_eq!(e.recovery().scanned, 0, "flushed before the packs went");
+    check(&e);
+    // The pack that was active is sealed now and may be rewritten too.
+    let again = e.compact(0.5).unwrap();
+    assert_eq!(again.damaged, 0, "{again:?}");
+    check(&e);
+    let none = e.compact(0.5).unwrap();
+    assert_eq!(none.needles_copied, 0, "nothing left to rewrite: {none:?}");
+}
+
+fn blake3_of(i: u64) -> blobcache::BlobHash {
+    blobcache::BlobHash::of(&payload(i))
+}
+
+#[test]
+fn gets_racing_a_compaction_never_miss_a_live_entry() {
+    for mode in [ReadMode::Pread, ReadMode::Mmap] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions::new()
+            .read_mode(mode)
+            .max_pack_bytes(32 * 1024)
+            .dictionaries(0, 0);
+        let e = Arc::new(Engine::open(dir.path(), opts).unwrap());
+        fill(&e, 0..400);
+        for i in (0..400u64).filter(|i| i % 3 != 0) {
+            e.delete("tmdb", sig(i)).unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (e, stop) = (e.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 400 {
+                        let i = (reads * 3 + t * 3) % 399;
+                        let hit = e.get("tmdb", sig(i)).unwrap();
+                        assert!(hit.is_some_and(|h| h.data == payload(i)), "{i} missed");
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let report = e.compact(0.5).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() >= 400);
+        }
+        assert!(report.packs_removed > 0, "{report:?}");
+        assert_eq!(e.stats().unwrap().corrupt_reads, 0);
+    }
+}
+
+#[test]
+fn a_compaction_killed_at_any_point_loses_nothing() {
+    for round in 0..4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions::new().max_pack_bytes(1 << 20);
+        let e = Engine::open(dir.path(), opts).unwrap();
+        fill(&e, 0..3000);
+        for i in (0..3000u64).filter(|i| i % 3 == 1) {
+            e.delete("tmdb", sig(i)).unwrap();
+        }
+        drop(e);
+        let mut child = spawn_worker(&format!("compact|{}", dir.path().display()));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        wait_for_line(&mut out, |l| l.starts_with("round ")).expect("the worker ended early");
+        std::thread::sleep(Duration::from_millis(round * 40));
+        kill9(&mut child);
+        let e = open_retry(dir.path());
+        for i in 0..3000u64 {
+            let hit = e.get("tmdb", sig(i)).unwrap();
+            match i % 3 {
+                1 => assert!(hit.is_none(), "round {round}: deleted {i} came back"),
+                _ => assert!(
+                    hit.is_some_and(|h| h.data == payload(i) && *h.headers == json_headers()),
+                    "round {round}: {i} lost or wrong after {:?}",
+                    e.recovery()
+                ),
+            }
+        }
+        assert_eq!(e.stats().unwrap().corrupt_reads, 0, "round {round}");
+    }
 }

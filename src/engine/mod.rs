@@ -43,11 +43,13 @@ use crate::pack::{
 };
 use crate::record::Codec;
 
+mod compact;
 mod dictionaries;
 pub mod headers;
 mod intent;
 mod recovery;
 
+pub use compact::CompactReport;
 use dictionaries::Dictionaries;
 pub use headers::HeaderSet;
 use headers::{HeaderSets, Named};
@@ -447,30 +449,47 @@ impl Engine {
         let mut w = self.lock_writer();
         let mut writes = 0;
         let header_set = self.name_headers(&mut w, headers, &mut writes)?;
-        let record_at = |loc: Location| LeanRecord {
-            place: Place::Pack(loc),
-            hash: prepared.hash,
-            zstd: prepared.codec == NeedleCodec::Zstd,
-            dict: prepared.dict,
+        let base = LeanRecord {
             header_set,
             ..template
         };
-        let appended = w
-            .packs
-            .append_located(&prepared, key, SET_LEN, |loc| {
-                Intent::Set(record_at(loc)).encode()
-            })
-            .map_err(pack_error)?;
-        let record = record_at(appended.location);
-        self.insert(key, &record)?;
-        writes += 2;
-        writes += self.advance_mark(&mut w, appended.location)?;
+        let (record, more) = self.append_set(&mut w, key, &prepared, base)?;
+        writes += more;
         Ok(PutReport {
             hash: prepared.hash,
             stored_size: record.stored_size(),
             blob_file: false,
             writes,
         })
+    }
+
+    /// Appends a SET needle holding `prepared` for `key` whose record is
+    /// `base` pointed at the needle, and applies it to the index (under
+    /// the writer lock `w`). Returns the record and the writes made.
+    fn append_set(
+        &self,
+        w: &mut Writer,
+        key: &[u8],
+        prepared: &Prepared<'_>,
+        base: LeanRecord,
+    ) -> Result<(LeanRecord, u32)> {
+        let record_at = |loc: Location| LeanRecord {
+            place: Place::Pack(loc),
+            hash: prepared.hash,
+            zstd: prepared.codec == NeedleCodec::Zstd,
+            dict: prepared.dict,
+            ..base
+        };
+        let appended = w
+            .packs
+            .append_located(prepared, key, SET_LEN, |loc| {
+                Intent::Set(record_at(loc)).encode()
+            })
+            .map_err(pack_error)?;
+        let record = record_at(appended.location);
+        self.insert(key, &record)?;
+        let marks = self.advance_mark(w, appended.location)?;
+        Ok((record, 2 + marks))
     }
 
     /// A payload in a blob file: streamed into `tmp/` and linked into
@@ -603,6 +622,12 @@ impl Engine {
         };
         let data = match self.payload(&record) {
             Ok(d) => d,
+            Err(ReadFailure::Bad(reason)) if self.moved(&key, &raw)? => {
+                // Compaction moved the needle and removed its pack between
+                // the lookup and the read: read the new location.
+                log::debug!("{} moved while read ({reason})", key::display(&key));
+                return self.read(backend, signature, stale);
+            }
             Err(ReadFailure::Bad(reason)) => return self.drop_corrupt(&key, raw, &reason),
             Err(ReadFailure::Io(e)) => return Err(e),
         };
@@ -612,6 +637,18 @@ impl Engine {
             headers,
             expired,
         }))
+    }
+
+    /// True when `key` holds a record other than `raw` now, pointing at
+    /// another needle of the same payload (a compaction moved it).
+    fn moved(&self, key: &[u8], raw: &sled::IVec) -> Result<bool> {
+        let Some(now) = self.records.get(key).map_err(|e| self.index_err(e))? else {
+            return Ok(false);
+        };
+        let (Ok(a), Ok(b)) = (LeanRecord::decode(raw), LeanRecord::decode(&now)) else {
+            return Ok(false);
+        };
+        Ok(now != *raw && a.hash == b.hash && a.place != b.place)
     }
 
     /// The record of `key` with its raw bytes. An undecodable record is

@@ -203,6 +203,17 @@ impl PackDir {
         rustix::fs::fsync(&self.fd).map_err(|e| Error::io("sync", &self.packs, e.into()).into())
     }
 
+    /// Makes packs `ids` and their names durable (fdatasync of each, then
+    /// of the directory): what a writer in `Buffered` mode never does.
+    pub(crate) fn sync_packs(&self, ids: impl IntoIterator<Item = u32>) -> Result<(), PackError> {
+        for id in ids {
+            let file = self.open_pack(id, false)?;
+            file.sync_data()
+                .map_err(|e| Error::io("sync", self.path(id), e))?;
+        }
+        self.sync()
+    }
+
     /// Removes pack `id` (never through a symlink).
     pub(crate) fn remove_pack(&self, id: u32) -> Result<(), PackError> {
         let path = self.path(id);
