@@ -212,7 +212,10 @@ pub fn run(cache_dir: &Path, out: &mut dyn Write) -> Result<Report, Box<dyn Erro
         .build()?;
     let mut report = Report::default();
 
-    writeln!(out, "upstream up at http://{addr}; 10 tasks ask for one movie")?;
+    writeln!(
+        out,
+        "upstream up at http://{addr}; 10 tasks ask for one movie"
+    )?;
     let first = runtime.block_on(async {
         let mut tasks = Vec::new();
         for path in std::iter::repeat_n("/movie/603", 10).chain(["/movie/604"]) {
