@@ -1,5 +1,7 @@
 //! get_or_fetch: single-flight, errors and panics of the fetching thread,
-//! stale-if-error with a manual clock, Cache-Control handling.
+//! stale-if-error with a manual clock, Cache-Control handling, and
+//! single-flight across real `blobcache fetch` processes (one run of CMD,
+//! a kill -9 of the fetcher, no lock to be had).
 
 mod common;
 
