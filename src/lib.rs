@@ -25,6 +25,7 @@
 //! Features: `redis` (default) adds the shared remote tier; `cli`
 //! (default) builds the `blobcache` binary and its dependencies:
 //! embedders that want the library alone use `default-features = false`.
+//! `async` (off by default) adds `Store::get_or_fetch_async` for tokio.
 //! `testkit`, `fuzzing` and `test_hooks` expose helpers for this crate's
 //! tests, benches and fuzz targets; they are not a stable API.
 

@@ -1,5 +1,7 @@
 //! get_or_fetch: single-flight, errors and panics of the fetching thread,
-//! stale-if-error with a manual clock, Cache-Control handling.
+//! stale-if-error with a manual clock, Cache-Control handling, and
+//! single-flight across real `blobcache fetch` processes (one run of CMD,
+//! a kill -9 of the fetcher, no lock to be had).
 
 mod common;
 
@@ -359,4 +361,120 @@ fn invalid_key_is_a_store_error_and_the_closure_does_not_run() {
     let (_dir, store, _clock) = common::store_with_clock();
     let err = store.get_or_fetch("", "x", &opts(), never).unwrap_err();
     assert!(matches!(err, FetchError::Store(Error::EmptyBackend)));
+}
+
+/// `sh -c SCRIPT sh ARG`: the fetch command of the process tests.
+fn sh_fetch(dir: &std::path::Path, script: &str, arg: &std::path::Path) -> std::process::Child {
+    common::cli(dir)
+        .args(["fetch", "tmdb", "movie/603", "--", "sh", "-c", script, "sh"])
+        .arg(arg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn fetch_lock_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    common::files_under(&dir.join("locks/fetch"))
+}
+
+#[test]
+fn four_processes_missing_one_key_run_the_command_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let cache = dir.path().join("cache");
+    let script = r#"echo run >> "$1"; sleep 1; printf payload"#;
+    let children: Vec<_> = (0..4).map(|_| sh_fetch(&cache, script, &counter)).collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+        assert_eq!(out.stdout, b"payload");
+    }
+    assert_eq!(lines(&counter), ["run"], "CMD ran more than once");
+    // The lock file goes with the fetch that held it.
+    assert_eq!(fetch_lock_files(&cache), Vec::<std::path::PathBuf>::new());
+}
+
+/// Polls /proc/locks until process `pid` waits for a file lock.
+fn until_blocked_on_a_lock(pid: u32) {
+    for _ in 0..6000 {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let waiting = locks.lines().any(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            words.next() == Some("->") && words.nth(3) == Some(pid.to_string().as_str())
+        });
+        if waiting {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "process {pid} never waited for the fetch lock:\n{}",
+        std::fs::read_to_string("/proc/locks").unwrap()
+    );
+}
+
+#[test]
+fn a_killed_fetching_process_hands_the_fetch_to_the_waiting_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let cache = dir.path().join("cache");
+    // The first run records its pid and hangs; a later run answers.
+    let script = r#"if [ -e "$1" ]; then echo again >> "$1"; printf second; exit 0; fi
+        echo $$ > "$1.pid"; echo first >> "$1"; exec sleep 60"#;
+    let mut first = sh_fetch(&cache, script, &counter);
+    while lines(&counter).is_empty() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let second = sh_fetch(&cache, script, &counter);
+    until_blocked_on_a_lock(second.id());
+    assert_eq!(
+        lines(&counter),
+        ["first"],
+        "the second process ran CMD while the first held the lock"
+    );
+
+    common::kill9(&mut first);
+    let sleeper: i32 = std::fs::read_to_string(counter.with_extension("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sleeper).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    assert_eq!(out.stdout, b"second");
+    assert_eq!(lines(&counter), ["first", "again"]);
+    let again = common::run_code(&cache, &["get", "tmdb", "movie/603"], b"", 0);
+    assert_eq!(again.stdout, b"second");
+}
+
+#[test]
+fn without_a_lock_file_the_fetch_runs_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_code(dir.path(), &["stats"], b"", 0);
+    // A file where the lock folder would go: the lock cannot be made.
+    std::fs::write(dir.path().join("locks/fetch"), b"in the way").unwrap();
+    let out = common::run_code(
+        dir.path(),
+        &["fetch", "tmdb", "movie/1", "--", "printf", "body"],
+        b"",
+        0,
+    );
+    assert_eq!(out.stdout, b"body");
+    let hit = common::run_code(dir.path(), &["get", "tmdb", "movie/1"], b"", 0);
+    assert_eq!(hit.stdout, b"body");
 }

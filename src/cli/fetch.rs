@@ -24,9 +24,10 @@ standard input and its standard error passed through; when it exits 0
 its standard output is stored and printed. When it fails (or cannot be
 started) and the entry expired less than --stale-if-error ago, the stale
 entry is printed instead and the exit code is 3. The payload is held in
-memory: for large dumps use `put` from a file. Concurrent fetches of one
-key within this process share one run of CMD; separate processes do not
-(each runs CMD on a miss).
+memory: for large dumps use `put` from a file. Processes fetching one
+key at the same time share one run of CMD: the first takes a lock on the
+key (locks/fetch/), the others wait for it and print what it stored; if
+it dies, the next one runs CMD. A read-only cache has no such lock.
 Exit codes: 0 hit or fetched, 3 stale entry served after CMD failed,
 2 error (CMD failed with nothing to serve, or the cache failed).";
 

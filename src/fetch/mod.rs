@@ -2,9 +2,17 @@
 //! single-flight, stores the answer, and falls back to a stale entry when
 //! the upstream fails (stale-if-error).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+mod flight;
+mod lock;
+#[cfg(feature = "async")]
+mod nonblocking;
+
+use std::sync::Arc;
 use std::time::Duration;
+
+pub(crate) use flight::Flights;
+use flight::{Landing, Role};
+use lock::KeyLock;
 
 use crate::error::{Error, FetchError};
 use crate::options::PutOptions;
@@ -271,90 +279,12 @@ impl<E> Fetch<E> {
     }
 }
 
-/// What a finished flight hands its waiters: the answer, or `None` when the
-/// leader failed (or panicked) and each waiter should try again itself.
-type Landing = Option<Arc<Fetch<()>>>;
-
-/// The fetches in progress in this process, one per key (single-flight).
-#[derive(Debug, Default)]
-pub(crate) struct Flights {
-    map: Mutex<HashMap<Vec<u8>, Arc<Flight>>>,
-}
-
-#[derive(Debug, Default)]
-struct Flight {
-    landing: Mutex<Option<Landing>>,
-    landed: Condvar,
-}
-
-/// A caller's part in a flight.
-enum Role<'a> {
-    /// This caller fetches; the guard lands the flight when dropped.
-    Leader(LeaderGuard<'a>),
-    /// Another caller is fetching; wait for it.
-    Waiter(Arc<Flight>),
-}
-
-/// Lands the flight exactly once: with the answer via [`LeaderGuard::land`],
-/// or with `None` when dropped without it (an error path or a panic in
-/// the fetch closure), so waiters never hang on a dead leader.
-struct LeaderGuard<'a> {
-    flights: &'a Flights,
-    key: Vec<u8>,
-    flight: Arc<Flight>,
-    landed: bool,
-}
-
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // These locks are never held across caller code, so a poisoned one
-    // still holds consistent data.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Flights {
-    fn join(&self, key: &[u8]) -> Role<'_> {
-        let mut map = relock(&self.map);
-        if let Some(flight) = map.get(key) {
-            return Role::Waiter(flight.clone());
-        }
-        let flight = Arc::new(Flight::default());
-        map.insert(key.to_vec(), flight.clone());
-        Role::Leader(LeaderGuard {
-            flights: self,
-            key: key.to_vec(),
-            flight,
-            landed: false,
-        })
-    }
-}
-
-impl Flight {
-    fn wait(&self) -> Landing {
-        let landing = relock(&self.landing);
-        let landing = self
-            .landed
-            .wait_while(landing, |l| l.is_none())
-            .unwrap_or_else(PoisonError::into_inner);
-        landing.clone().flatten()
-    }
-}
-
-impl LeaderGuard<'_> {
-    fn land(&mut self, landing: Landing) {
-        if self.landed {
-            return;
-        }
-        self.landed = true;
-        relock(&self.flights.map).remove(&self.key);
-        *relock(&self.flight.landing) = Some(landing);
-        self.flight.landed.notify_all();
-    }
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        self.land(None);
-    }
+/// What the leader does after [`Store::prepare_fetch`].
+enum Prepared<E> {
+    /// The entry is there now: serve it, do not fetch.
+    Cached(Fetch<E>),
+    /// Fetch, holding the key's cross-process lock when one could be had.
+    Fetch(Option<KeyLock>),
 }
 
 impl Store {
@@ -372,6 +302,13 @@ impl Store {
     ///   fetcher. Waiters wait as long as the fetch takes: give the HTTP
     ///   client a timeout. Do not call `get_or_fetch` for the same key from
     ///   inside `fetch` (it would wait for itself).
+    /// - Across processes: before calling `fetch`, the caller takes an
+    ///   exclusive lock on `locks/fetch/<blake3 of the key>.lock` and looks
+    ///   the key up again, so another process missing the same key at the
+    ///   same time waits for this fetch and then serves its answer as a
+    ///   hit. The kernel releases the lock when its holder dies, so a
+    ///   killed fetcher blocks nobody. On a read-only cache there is no
+    ///   lock and each process fetches on its own.
     /// - Stale-if-error: when `fetch` fails and an expired entry exists that
     ///   expired at most [`crate::StoreOptions::stale_if_error`] ago, it is
     ///   returned flagged [`FetchStatus::Stale`] with the error in
@@ -420,8 +357,8 @@ impl Store {
         let signature = signature.as_ref();
         let key = crate::key::encode(backend, signature)?;
         let mut guard = loop {
-            if let Some(hit) = self.get(backend, signature)? {
-                return Ok(Fetch::from_hit(hit, None));
+            if let Some(answer) = self.serve_live(backend, signature)? {
+                return Ok(answer);
             }
             match self.flights().join(&key) {
                 Role::Leader(guard) => break guard,
@@ -432,24 +369,71 @@ impl Store {
                 }
             }
         };
-        // A flight that landed between our miss and our joining may have
-        // stored the entry: look again before calling the upstream.
+        let _lock = match self.prepare_fetch(backend, signature, &key)? {
+            Prepared::Cached(answer) => {
+                guard.land(answer.shared());
+                return Ok(answer);
+            }
+            Prepared::Fetch(lock) => lock,
+        };
+        let answer = self.settle(backend, signature, opts, fetch())?;
+        guard.land(answer.shared());
+        Ok(answer)
+    }
+
+    /// Step 1 of get-or-fetch (sync and async): a live entry, if any.
+    fn serve_live<E>(&self, backend: &str, signature: &[u8]) -> Result<Option<Fetch<E>>, Error> {
+        Ok(self
+            .get(backend, signature)?
+            .map(|hit| Fetch::from_hit(hit, None)))
+    }
+
+    /// Step 2, for this process's leader of the key: takes the key's
+    /// cross-process lock (blocking while another process fetches it), then
+    /// looks again, since a flight here or a fetch in another process may
+    /// have stored the entry since our miss.
+    fn prepare_fetch<E>(
+        &self,
+        backend: &str,
+        signature: &[u8],
+        key: &[u8],
+    ) -> Result<Prepared<E>, Error> {
+        let lock = KeyLock::acquire(self, key);
         if self.contains(backend, signature)?
             && let Some(hit) = self.get(backend, signature)?
         {
-            let answer = Fetch::from_hit(hit, None);
-            guard.land(answer.shared());
-            return Ok(answer);
+            return Ok(Prepared::Cached(Fetch::from_hit(hit, None)));
         }
-        let answer = match fetch() {
-            Ok(fetched) => self.store_fetched(backend, signature, opts, fetched)?,
+        Ok(Prepared::Fetch(lock))
+    }
+
+    /// Step 3: what the upstream's result becomes. An answer is stored
+    /// (unless `no-store`) and returned; an error falls back to an expired
+    /// entry within the stale-if-error grace, or comes back unchanged.
+    fn settle<E>(
+        &self,
+        backend: &str,
+        signature: &[u8],
+        opts: &PutOptions,
+        fetched: Result<Fetched, E>,
+    ) -> Result<Fetch<E>, FetchError<E>> {
+        match fetched {
+            Ok(fetched) => Ok(self.store_fetched(backend, signature, opts, fetched)?),
             Err(e) => match self.stale_within_grace(backend, signature) {
-                Some(hit) => Fetch::from_hit(hit, Some(e)),
-                None => return Err(FetchError::Upstream(e)),
+                Some(hit) => Ok(Fetch::from_hit(hit, Some(e))),
+                None => Err(FetchError::Upstream(e)),
             },
-        };
-        guard.land(answer.shared());
-        Ok(answer)
+        }
+    }
+
+    /// How many callers of this store are waiting for the fetch of
+    /// `(backend, signature)` in progress (0 when none is). For tests
+    /// that must know a waiter has joined; not a stable API.
+    #[cfg(feature = "test_hooks")]
+    #[doc(hidden)]
+    pub fn fetch_waiters(&self, backend: &str, signature: impl AsRef<[u8]>) -> usize {
+        crate::key::encode(backend, signature.as_ref())
+            .map_or(0, |key| self.flights().waiters(&key))
     }
 
     /// Stores what the closure fetched (unless `no-store`) and builds the
