@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
-use crate::blobs::{self, BlobHash};
+use crate::blobs::{self, BlobHash, Walked};
 use crate::clock::add_ms;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -655,30 +655,38 @@ impl Sweep<'_> {
     }
 
     /// Deletes old blob files the index does not know: left by a put that
-    /// died before inserting its record, or by a replaced index.
+    /// died before inserting its record, or by a replaced index. An old
+    /// outboard of a blob the index does not know goes too (with its blob,
+    /// or alone: a read that stored it as GC removed the blob).
     fn unknown_files(&mut self) -> Result<()> {
         let root = &self.store.layout().blobs;
-        for (i, (_, hash)) in blobs::walk(root)?.into_iter().enumerate() {
+        for (i, (path, what)) in blobs::walk(root)?.into_iter().enumerate() {
             if i % self.batch() == 0 && self.stopped() {
                 return Ok(());
             }
-            let Some(hash) = hash else { continue };
-            if self.store.index().blob_info(&hash)?.is_none() && self.file_is_old(&hash) {
-                self.delete_blob(&hash)?;
+            let (Walked::Blob(hash) | Walked::Outboard(hash)) = what else {
+                continue;
+            };
+            if self.store.index().blob_info(&hash)?.is_some() || !self.file_is_old(&path) {
+                continue;
+            }
+            match what {
+                Walked::Blob(_) => self.delete_blob(&hash)?,
+                _ if self.dry() => {}
+                _ => self.store.blob_store().remove_outboard(&hash)?,
             }
         }
         Ok(())
     }
 
-    /// True when the blob's file (if any) was last written or reused by a
-    /// put longer ago than the safety window.
-    fn file_is_old(&self, hash: &BlobHash) -> bool {
+    /// True when the file at `path` (if any) was last written or reused by
+    /// a put longer ago than the safety window.
+    fn file_is_old(&self, path: &Path) -> bool {
         let window = self.opts.safety_window;
         if window.is_zero() {
             return true;
         }
-        let path = self.store.blob_store().path_for(hash);
-        match fs::symlink_metadata(&path) {
+        match fs::symlink_metadata(path) {
             Ok(m) => m
                 .modified()
                 .ok()

@@ -640,7 +640,7 @@ impl Store {
                 let w = self
                     .inner
                     .blobs
-                    .ensure_file(hash, stored, *codec, raw_size)?;
+                    .ensure_file(hash, stored, payload, *codec)?;
                 Ok((
                     template(w.codec, false, w.stored_size, w.disk_bytes),
                     None,
