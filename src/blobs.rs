@@ -273,6 +273,12 @@ impl Blobs {
         self.meta(&self.path_for(hash))
     }
 
+    /// True when a blob file (a regular file, not a link) for `hash` is in
+    /// place.
+    pub fn has_file(&self, hash: &BlobHash) -> bool {
+        self.file_meta(hash).is_ok_and(|m| m.is_file())
+    }
+
     /// Refreshes the mtime of the blob file for `hash` (so the sweeper's
     /// safety window restarts), never through a link.
     pub fn touch(&self, hash: &BlobHash) -> io::Result<()> {

@@ -656,24 +656,27 @@ impl Sweep<'_> {
 
     /// Deletes old blob files the index does not know: left by a put that
     /// died before inserting its record, or by a replaced index. An old
-    /// outboard of a blob the index does not know goes too (with its blob,
-    /// or alone: a read that stored it as GC removed the blob).
+    /// outboard whose blob file is gone goes too (a read stored it as GC
+    /// removed the blob).
     fn unknown_files(&mut self) -> Result<()> {
         let root = &self.store.layout().blobs;
         for (i, (path, what)) in blobs::walk(root)?.into_iter().enumerate() {
             if i % self.batch() == 0 && self.stopped() {
                 return Ok(());
             }
-            let (Walked::Blob(hash) | Walked::Outboard(hash)) = what else {
-                continue;
-            };
-            if self.store.index().blob_info(&hash)?.is_some() || !self.file_is_old(&path) {
-                continue;
-            }
             match what {
-                Walked::Blob(_) => self.delete_blob(&hash)?,
-                _ if self.dry() => {}
-                _ => self.store.blob_store().remove_outboard(&hash)?,
+                Walked::Blob(hash) => {
+                    if self.store.index().blob_info(&hash)?.is_none() && self.file_is_old(&path) {
+                        self.delete_blob(&hash)?;
+                    }
+                }
+                // With its blob, it goes when the blob goes.
+                Walked::Outboard(hash) if !self.dry() && self.file_is_old(&path) => {
+                    if !self.store.blob_store().has_file(&hash) {
+                        self.store.blob_store().remove_outboard(&hash)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())

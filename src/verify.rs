@@ -498,8 +498,12 @@ fn check_files(
     let mut fixes = FileFixes::default();
     for (path, what) in blobs::walk(&root)? {
         match what {
-            // A blob's outboard lives and goes with it (GC removes both).
-            Walked::Blob(h) | Walked::Outboard(h) if infos.contains_key(&h) => {
+            Walked::Blob(h) if infos.contains_key(&h) => {
+                check_mode(cache, path, report, &mut fixes)
+            }
+            // A blob's outboard lives and goes with it; one without its
+            // blob is an orphan GC removes.
+            Walked::Outboard(h) if store.blob_store().has_file(&h) => {
                 check_mode(cache, path, report, &mut fixes)
             }
             Walked::Blob(_) | Walked::Outboard(_) => report.orphan_files += 1,
