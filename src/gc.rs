@@ -665,21 +665,32 @@ impl Sweep<'_> {
                 return Ok(());
             }
             match what {
-                Walked::Blob(hash) => {
-                    if self.store.index().blob_info(&hash)?.is_none() && self.file_is_old(&path) {
-                        self.delete_blob(&hash)?;
-                    }
-                }
-                // With its blob, it goes when the blob goes.
-                Walked::Outboard(hash) if !self.dry() && self.file_is_old(&path) => {
-                    if !self.store.blob_store().has_file(&hash) {
-                        self.store.blob_store().remove_outboard(&hash)?;
-                    }
-                }
-                _ => {}
+                Walked::Blob(hash) => self.unknown_blob(&hash, &path)?,
+                Walked::Outboard(hash) => self.lone_outboard(&hash, &path)?,
+                Walked::Foreign => {}
             }
         }
         Ok(())
+    }
+
+    /// Deletes the blob file at `path` if the index does not know `hash`
+    /// and the file is older than the safety window.
+    fn unknown_blob(&mut self, hash: &BlobHash, path: &Path) -> Result<()> {
+        if self.store.index().blob_info(hash)?.is_none() && self.file_is_old(path) {
+            self.delete_blob(hash)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the outboard at `path` if its blob file is gone and it is
+    /// older than the safety window (with its blob, it goes when the blob
+    /// goes).
+    fn lone_outboard(&mut self, hash: &BlobHash, path: &Path) -> Result<()> {
+        let blobs = self.store.blob_store();
+        if self.dry() || blobs.has_file(hash) || !self.file_is_old(path) {
+            return Ok(());
+        }
+        blobs.remove_outboard(hash)
     }
 
     /// True when the file at `path` (if any) was last written or reused by
