@@ -11,8 +11,11 @@
 //! module still encodes and decodes them, so the codec and the integrity
 //! check are the same for both.
 //!
-//! Every read verifies the blake3 of what it returns (invariant 3). A
+//! Every read verifies the blake3 of what it returns (invariant 2). A
 //! missing or corrupt blob is reported as a [`BlobError`], never as bytes.
+//! A payload over [`VERIFY_IN_MEMORY_MAX`] also has an outboard beside its
+//! blob (`ab/cdef….obao`, see `outboard.rs`), written after the blob and
+//! removed before it, so streams verify it one 1 MiB group at a time.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -1448,6 +1451,25 @@ mod tests {
         ));
         // A claimed size that cannot be allocated is corruption, not an abort.
         assert!(decode(&z, Codec::Zstd, u64::MAX, &h).is_err());
+    }
+
+    #[test]
+    fn walk_names_blobs_outboards_and_foreign_files() {
+        let hex = BlobHash::of(b"x").to_hex();
+        let dir = Path::new("/c/blobs").join(&hex[..2]);
+        let blob = dir.join(&hex[2..]);
+        let h = BlobHash::of(b"x");
+        assert_eq!(walked(&blob), Walked::Blob(h));
+        let ob = dir.join(format!("{}.obao", &hex[2..]));
+        assert_eq!(walked(&ob), Walked::Outboard(h));
+        for odd in [
+            format!("{}.OBAO", &hex[2..]),
+            format!("{}.obao", &hex[2..].to_uppercase()),
+            format!("{}.obao.obao", &hex[2..]),
+            "notes.obao".to_string(),
+        ] {
+            assert_eq!(walked(&dir.join(odd)), Walked::Foreign);
+        }
     }
 
     #[test]

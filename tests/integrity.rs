@@ -361,6 +361,43 @@ fn verify_of_a_300_mib_blob_stays_bounded_in_memory() {
 }
 
 #[test]
+fn get_of_a_300_mib_blob_to_a_pipe_stays_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 300u64 << 20;
+    {
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let src = GenReader::new(14, len);
+        store
+            .put_reader("dump", "big", src, &PutOptions::new())
+            .unwrap();
+    }
+    let mut child = cli(dir.path())
+        .args(["get", "dump", "big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || hash_reader(BufReader::new(stdout)).unwrap());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success());
+    let (hash, n) = reader.join().unwrap();
+    let (want, _) = hash_reader(GenReader::new(14, len)).unwrap();
+    assert_eq!((hash, n), (want, len), "the whole payload, verified");
+    // One 1 MiB group, the zstd window and buffers: a few MiB.
+    assert!(peak > 0 && peak < 100 * 1024, "get peaked at {peak} KiB");
+}
+
+#[test]
 fn gc_leaves_a_foreign_file_in_tmp_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("cache");
