@@ -11,8 +11,11 @@
 //! module still encodes and decodes them, so the codec and the integrity
 //! check are the same for both.
 //!
-//! Every read verifies the blake3 of what it returns (invariant 3). A
+//! Every read verifies the blake3 of what it returns (invariant 2). A
 //! missing or corrupt blob is reported as a [`BlobError`], never as bytes.
+//! A payload over [`VERIFY_IN_MEMORY_MAX`] also has an outboard beside its
+//! blob (`ab/cdef….obao`, see `outboard.rs`), written after the blob and
+//! removed before it, so streams verify it one 1 MiB group at a time.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+use crate::outboard::{self, Cv, GroupReader, TreeHasher};
 use crate::record::Codec;
 
 /// The blake3 hash of a payload's raw bytes; it names the payload's blob.
@@ -106,8 +110,9 @@ const WINDOW_LOG_MAX: u32 = 24;
 /// Blob files at least this large are read through a memory map.
 const MMAP_MIN: u64 = 256 * 1024;
 /// Streamed reads of payloads up to this size are read whole and verified
-/// before their first byte is handed out; larger ones get a verification
-/// pass first (see [`Blobs::open_verified`]).
+/// before their first byte is handed out; larger ones are checked one
+/// 1 MiB group at a time against their outboard, which blob files above
+/// this size carry (see [`Blobs::open_verified`] and `outboard.rs`).
 pub(crate) const VERIFY_IN_MEMORY_MAX: u64 = 8 * 1024 * 1024;
 /// Streaming buffer size.
 pub(crate) const CHUNK: usize = 128 * 1024;
@@ -219,6 +224,8 @@ pub(crate) struct Staged {
     /// whether that first link found the blob already there (later links
     /// find our own file).
     linked: bool,
+    /// The payload's group CVs, for its outboard (empty when it needs none).
+    cvs: Vec<Cv>,
     _lock: File,
 }
 
@@ -269,6 +276,12 @@ impl Blobs {
         self.meta(&self.path_for(hash))
     }
 
+    /// True when a blob file (a regular file, not a link) for `hash` is in
+    /// place.
+    pub fn has_file(&self, hash: &BlobHash) -> bool {
+        self.file_meta(hash).is_ok_and(|m| m.is_file())
+    }
+
     /// Refreshes the mtime of the blob file for `hash` (so the sweeper's
     /// safety window restarts), never through a link.
     pub fn touch(&self, hash: &BlobHash) -> io::Result<()> {
@@ -287,21 +300,38 @@ impl Blobs {
         self.root.join(&hex[..2]).join(&hex[2..])
     }
 
+    /// `blobs/ab/cdef….obao`: the outboard beside the blob of `hash`.
+    pub fn outboard_path(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root
+            .join(&hex[..2])
+            .join(format!("{}{}", &hex[2..], outboard::SUFFIX))
+    }
+
     /// Makes sure a complete file for `hash` holding `stored` is in place.
     /// An existing file is kept (and its mtime refreshed, so the sweeper's
     /// safety window restarts) unless its length shows it is not the frame we
     /// would write and it fails verification, in which case it is replaced.
+    /// `raw` is the payload itself, for the outboard a payload above
+    /// [`VERIFY_IN_MEMORY_MAX`] gets (written after the blob).
     pub fn ensure_file(
         &self,
         hash: &BlobHash,
         stored: &[u8],
+        raw: &[u8],
         codec: Codec,
-        raw_size: u64,
     ) -> Result<Written> {
+        let raw_size = raw.len() as u64;
         let path = self.path_for(hash);
         let existed = self.existing_is_usable(&path, hash, stored.len() as u64, codec, raw_size)?;
         if !existed {
             self.write_new(&path, stored)?;
+        }
+        if raw_size > VERIFY_IN_MEMORY_MAX && !self.has_outboard(hash, raw_size) {
+            let mut tree = TreeHasher::new();
+            tree.update(raw);
+            let (_, cvs) = tree.finish();
+            self.ensure_outboard(hash, raw_size, &cvs)?;
         }
         let meta = self.meta(&path).ctx("inspect", &path)?;
         Ok(Written {
@@ -392,6 +422,7 @@ impl Blobs {
             tmp,
             cache: self.cache.clone(),
             linked: false,
+            cvs: Vec::new(),
             _lock: lock,
         })
     }
@@ -446,8 +477,7 @@ impl Blobs {
                 Box::new(enc)
             }
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut raw_size = first.len() as u64;
+        let mut hasher = TreeHasher::new();
         hasher.update(first);
         sink.write_all(first)
             .map_err(|e| io_err("write", &tmp, e))?;
@@ -460,7 +490,6 @@ impl Blobs {
                 Err(e) => return Err(StreamError::Source(e)),
             };
             hasher.update(&buf[..n]);
-            raw_size += n as u64;
             sink.write_all(&buf[..n])
                 .map_err(|e| io_err("write", &tmp, e))?;
         }
@@ -471,9 +500,10 @@ impl Blobs {
                 .sync_all()
                 .map_err(|e| io_err("sync", &tmp, e))?;
         }
-        let hash = BlobHash(*hasher.finalize().as_bytes());
+        staged.written.raw_size = hasher.len();
+        let (hash, cvs) = hasher.finish();
         staged.written.hash = hash;
-        staged.written.raw_size = raw_size;
+        staged.cvs = cvs;
         self.link_staged(&mut staged).map_err(StreamError::Store)?;
         Ok(staged)
     }
@@ -497,6 +527,7 @@ impl Blobs {
             }
             self.sync_parent(&path)?;
         }
+        self.ensure_outboard(&w.hash, w.raw_size, &staged.cvs)?;
         let meta = self.meta(&path).ctx("inspect", &path)?;
         staged.written.stored_size = meta.len();
         staged.written.disk_bytes = fsutil::disk_bytes(&meta);
@@ -526,7 +557,7 @@ impl Blobs {
             .try_clone()
             .map_err(|e| ImportBlobError::Store(Error::io("open", &tmp, e)))?;
         let mut sink = BufWriter::with_capacity(CHUNK, file);
-        copy_verified(src, &mut sink, want).map_err(|e| match e {
+        staged.cvs = copy_verified_groups(src, &mut sink, want).map_err(|e| match e {
             ImportBlobError::Write(e) => ImportBlobError::Store(Error::io("write", &tmp, e)),
             other => other,
         })?;
@@ -583,10 +614,15 @@ impl Blobs {
     }
 
     /// Opens the blob file for `hash` as a stream that hands out no byte
-    /// before it is verified: a payload up to [`VERIFY_IN_MEMORY_MAX`] is
-    /// read whole and checked first; a larger one is checked by a first
-    /// pass over the open file (bounded memory), then streamed from the
-    /// same file. Damage is reported here, as `Corrupt`, never mid-stream.
+    /// before it is verified. A payload up to [`VERIFY_IN_MEMORY_MAX`] is
+    /// read whole and checked first. A larger one is checked one 1 MiB
+    /// group at a time against its outboard (whose hashes are first checked
+    /// to fold into `hash`): a damaged group fails the read that would have
+    /// returned its first byte, with `InvalidData`, after the groups before
+    /// it were handed out. A large blob without an outboard (written by an
+    /// older version) gets a verification pass first, which also computes
+    /// the outboard and stores it for the next read. A damaged outboard, or
+    /// damage the pass finds, is reported here as `Corrupt`.
     pub fn open_verified(
         &self,
         hash: &BlobHash,
@@ -600,30 +636,98 @@ impl Blobs {
         }
         let path = self.path_for(hash);
         let mut file = self.open_blob(&path)?;
-        let io_err = |op, e| BlobError::Io(Error::io(op, &path, e));
+        let cvs = match self.read_outboard(hash, raw_size)? {
+            Some(cvs) => cvs,
+            None => self.upgrade(&mut file, &path, hash, codec, raw_size)?,
+        };
+        let groups = GroupReader::new(decoded_file(file, codec)?, cvs, raw_size);
+        Ok(VerifyingReader::checked_by_groups(
+            Box::new(groups),
+            *hash,
+            raw_size,
+        ))
+    }
+
+    /// The pass a large blob without an outboard gets before it streams:
+    /// checks the open `file` (bounded memory) and computes the group CVs,
+    /// stores them as its outboard (best effort: a read-only cache still
+    /// serves the read) and rewinds the file.
+    fn upgrade(
+        &self,
+        file: &mut File,
+        path: &Path,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+    ) -> Result<Vec<Cv>, BlobError> {
+        let io_err = |op, e| BlobError::Io(Error::io(op, path, e));
         let first_pass = file.try_clone().map_err(|e| io_err("open", e))?;
-        let mut check = reader_over(first_pass, hash, codec, raw_size)?;
-        if let Err(e) = io::copy(&mut check, &mut io::sink()) {
-            return Err(BlobError::Corrupt(e.to_string()));
-        }
+        let cvs = hash_checked(decoded_file(first_pass, codec)?, hash, raw_size)?;
         file.seek(io::SeekFrom::Start(0))
             .map_err(|e| io_err("rewind", e))?;
-        reader_over(file, hash, codec, raw_size)
+        if let Err(e) = self.ensure_outboard(hash, raw_size, &cvs) {
+            log::debug!("no outboard stored for blob {hash}: {e}");
+        }
+        Ok(cvs)
+    }
+
+    /// True when an outboard file of the right length for `hash` is in place.
+    fn has_outboard(&self, hash: &BlobHash, raw_size: u64) -> bool {
+        self.meta(&self.outboard_path(hash))
+            .is_ok_and(|m| m.is_file() && m.len() == outboard::encoded_len(raw_size))
+    }
+
+    /// Stores the outboard of a large payload (from its group `cvs`) beside
+    /// its blob unless one is there; written through `tmp/` and renamed into
+    /// place, after the blob. Payloads up to [`VERIFY_IN_MEMORY_MAX`] get
+    /// none.
+    fn ensure_outboard(&self, hash: &BlobHash, raw_size: u64, cvs: &[Cv]) -> Result<()> {
+        if raw_size <= VERIFY_IN_MEMORY_MAX || cvs.len() < 2 || self.has_outboard(hash, raw_size) {
+            return Ok(());
+        }
+        self.write_new(&self.outboard_path(hash), &outboard::encode(raw_size, cvs))
+    }
+
+    /// The group CVs in the outboard of `hash`, checked to fold into `hash`;
+    /// `None` when there is no outboard file.
+    fn read_outboard(&self, hash: &BlobHash, raw_size: u64) -> Result<Option<Vec<Cv>>, BlobError> {
+        let path = self.outboard_path(hash);
+        let file = match self.open_blob(&path) {
+            Ok(f) => f,
+            Err(BlobError::Missing) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(outboard::encoded_len(raw_size) + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| BlobError::Io(Error::io("read", &path, e)))?;
+        outboard::decode(&bytes, raw_size, hash)
+            .map(Some)
+            .map_err(|why| BlobError::Corrupt(format!("outboard {}: {why}", path.display())))
     }
 
     /// Checks the blob file for `hash` by streaming it through the decoder
     /// and the hash in bounded memory (no map, no whole-payload buffer), as
-    /// `verify` does for every file blob.
+    /// `verify` does for every file blob. Its outboard, when there is one,
+    /// must hold exactly the group hashes of the payload.
     pub fn check_file(
         &self,
         hash: &BlobHash,
         codec: Codec,
         raw_size: u64,
     ) -> Result<(), BlobError> {
-        let mut r = self.open_reader(hash, codec, raw_size)?;
-        io::copy(&mut r, &mut io::sink())
-            .map(drop)
-            .map_err(|e| BlobError::Corrupt(e.to_string()))
+        let file = self.open_blob(&self.path_for(hash))?;
+        let cvs = hash_checked(decoded_file(file, codec)?, hash, raw_size)?;
+        if raw_size <= VERIFY_IN_MEMORY_MAX {
+            return Ok(());
+        }
+        match self.read_outboard(hash, raw_size)? {
+            Some(stored) if stored != cvs => Err(BlobError::Corrupt(format!(
+                "outboard {} does not match the blob",
+                self.outboard_path(hash).display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Opens the blob file for `hash` as a verifying stream (checked as it
@@ -638,10 +742,13 @@ impl Blobs {
         self.open_reader_at(&self.path_for(hash), hash, codec, raw_size)
     }
 
-    /// Removes the file of `hash` (the sweeper's job, once the index has
-    /// marked the blob `Deleting`). Returns the bytes it occupied on disk,
-    /// 0 when there was no file.
+    /// Removes the file of `hash` and its outboard (the sweeper's job, once
+    /// the index has marked the blob `Deleting`). Returns the bytes the blob
+    /// occupied on disk, 0 when there was no file.
     pub fn remove(&self, hash: &BlobHash) -> Result<u64> {
+        // The outboard goes first: a crash in between leaves a blob without
+        // one (read with a verification pass), never an outboard alone.
+        self.remove_outboard(hash)?;
         let path = self.path_for(hash);
         let meta = match self.meta(&path) {
             Ok(m) if m.is_dir() => return Ok(0),
@@ -776,6 +883,34 @@ fn reader_over(
     codec: Codec,
     raw_size: u64,
 ) -> Result<VerifyingReader, BlobError> {
+    let inner = decoded_file(file, codec)?;
+    Ok(VerifyingReader::new(inner, *hash, raw_size))
+}
+
+/// Reads all of `payload`, checks its length and hash, and returns its
+/// group CVs.
+fn hash_checked(
+    mut payload: Box<dyn Read + Send>,
+    hash: &BlobHash,
+    raw_size: u64,
+) -> Result<Vec<Cv>, BlobError> {
+    let tree =
+        outboard::hash_stream(&mut payload).map_err(|e| BlobError::Corrupt(e.to_string()))?;
+    if tree.len() != raw_size {
+        return Err(BlobError::Corrupt(format!(
+            "decoded {} bytes, expected {raw_size}",
+            tree.len()
+        )));
+    }
+    let (got, cvs) = tree.finish();
+    if got != *hash {
+        return Err(BlobError::Corrupt("content does not match its hash".into()));
+    }
+    Ok(cvs)
+}
+
+/// The decoded payload of an open blob file, read from its current offset.
+fn decoded_file(file: File, codec: Codec) -> Result<Box<dyn Read + Send>, BlobError> {
     let len = file
         .metadata()
         .map_err(|e| BlobError::Io(Error::io("inspect", "an open blob file", e)))?
@@ -788,19 +923,12 @@ fn reader_over(
     } else {
         Box::new(file)
     };
-    let inner: Box<dyn Read + Send> = match codec {
-        Codec::Raw => source,
-        Codec::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
-                CHUNK, source,
-            ))
-            .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
-            d.window_log_max(WINDOW_LOG_MAX)
-                .map_err(|e| BlobError::Corrupt(format!("zstd: {e}")))?;
-            Box::new(d)
-        }
-    };
-    Ok(VerifyingReader::new(inner, *hash, raw_size))
+    match codec {
+        Codec::Raw => Ok(source),
+        Codec::Zstd => zstd_decoder(source)
+            .map(|d| Box::new(d) as Box<dyn Read + Send>)
+            .map_err(|e| BlobError::Corrupt(format!("zstd: {e}"))),
+    }
 }
 
 impl Blobs {
@@ -809,11 +937,23 @@ impl Blobs {
     /// it with a good copy in the same instant, that copy goes too: a later
     /// read is then a miss, never wrong bytes.)
     pub fn discard_corrupt(&self, hash: &BlobHash) {
-        let path = self.path_for(hash);
-        if let Err(e) = self.remove_path(&path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            log::warn!("could not remove corrupt blob {}: {e}", path.display());
+        for path in [self.outboard_path(hash), self.path_for(hash)] {
+            if let Err(e) = self.remove_path(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                log::warn!("could not remove corrupt blob {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Removes the outboard of `hash`, if any (with its blob, or alone when
+    /// GC finds it without one).
+    pub fn remove_outboard(&self, hash: &BlobHash) -> Result<()> {
+        let path = self.outboard_path(hash);
+        match self.remove_path(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).ctx("remove outboard", &path),
         }
     }
 
@@ -857,11 +997,21 @@ pub(crate) fn is_staging_name(path: &Path) -> bool {
             .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Every file under `blobs/` with the hash its path names, or `None` for
-/// anything that is not a blob (foreign files, symlinks, odd names).
-/// Nothing is followed: a symlinked fan-out directory is reported as one
-/// foreign entry, never listed.
-pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, Option<BlobHash>)>> {
+/// What an entry of `blobs/` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Walked {
+    /// The blob file of this hash.
+    Blob(BlobHash),
+    /// The outboard of this hash's blob (`<blob name>.obao`).
+    Outboard(BlobHash),
+    /// Not ours: a foreign file, a symlink, an odd name.
+    Foreign,
+}
+
+/// Every entry under `blobs/` and what it is. Nothing is followed: a
+/// symlinked fan-out directory is reported as one foreign entry, never
+/// listed.
+pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, Walked)>> {
     let cache = root.parent().unwrap_or(root);
     let mut out = Vec::new();
     let fanouts = match fsutil::list_in(cache, root) {
@@ -871,19 +1021,32 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, Option<BlobHash>)>> {
     };
     for (dir, kind) in fanouts {
         if kind != fsutil::Kind::Dir {
-            out.push((dir, None));
+            out.push((dir, Walked::Foreign));
             continue;
         }
         for (path, kind) in fsutil::list_in(cache, &dir).ctx("list", &dir)? {
-            let hash = if kind == fsutil::Kind::File {
-                hash_of_path(&path)
+            let what = if kind == fsutil::Kind::File {
+                walked(&path)
             } else {
-                None
+                Walked::Foreign
             };
-            out.push((path, hash));
+            out.push((path, what));
         }
     }
     Ok(out)
+}
+
+/// What the file at `path` (in a fan-out directory) is, by its name.
+fn walked(path: &Path) -> Walked {
+    if let Some(h) = hash_of_path(path) {
+        return Walked::Blob(h);
+    }
+    let outboard_of = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(outboard::SUFFIX))
+        .and_then(|blob| hash_of_path(&path.with_file_name(blob)));
+    outboard_of.map_or(Walked::Foreign, Walked::Outboard)
 }
 
 /// The hash a blob path names (`…/ab/<62 hex>`), if it is one.
@@ -997,6 +1160,15 @@ pub(crate) fn copy_verified(
     sink: &mut dyn Write,
     want: &StoredBlob,
 ) -> std::result::Result<(), ImportBlobError> {
+    copy_verified_groups(src, sink, want).map(drop)
+}
+
+/// [`copy_verified`], returning the payload's group CVs (for its outboard).
+fn copy_verified_groups(
+    src: &mut dyn Read,
+    sink: &mut dyn Write,
+    want: &StoredBlob,
+) -> std::result::Result<Vec<Cv>, ImportBlobError> {
     let mut tee = Tee {
         src: src.take(want.stored_len),
         sink,
@@ -1015,7 +1187,7 @@ pub(crate) fn copy_verified(
             want: want.stored_len,
         });
     }
-    let (hash, raw_size) = decoded.map_err(|e| ImportBlobError::Corrupt(e.to_string()))?;
+    let (hash, raw_size, cvs) = decoded.map_err(|e| ImportBlobError::Corrupt(e.to_string()))?;
     drained.map_err(|e| ImportBlobError::Corrupt(e.to_string()))?;
     if raw_size != want.raw_size {
         return Err(ImportBlobError::Corrupt(format!(
@@ -1028,34 +1200,35 @@ pub(crate) fn copy_verified(
             "its content does not match its name (blake3 differs)".into(),
         ));
     }
-    Ok(())
+    Ok(cvs)
 }
 
-/// Decodes everything `src` yields and returns the payload's hash and size.
-fn hash_decoded(src: &mut dyn Read, codec: Codec) -> io::Result<(BlobHash, u64)> {
-    let mut reader: Box<dyn Read + '_> = match codec {
+/// Decodes everything `src` yields and returns the payload's hash, size
+/// and group CVs.
+fn hash_decoded(src: &mut dyn Read, codec: Codec) -> io::Result<(BlobHash, u64, Vec<Cv>)> {
+    let mut reader = decoder(src, codec)?;
+    let tree = outboard::hash_stream(&mut reader)?;
+    let len = tree.len();
+    let (hash, cvs) = tree.finish();
+    Ok((hash, len, cvs))
+}
+
+/// The raw payload of a blob's stored bytes read from `src`, decoded in
+/// bounded memory (a zstd window of at most 2^[`WINDOW_LOG_MAX`] bytes).
+fn decoder<'a>(src: &'a mut dyn Read, codec: Codec) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match codec {
         Codec::Raw => Box::new(src),
-        Codec::Zstd => {
-            let mut d =
-                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(CHUNK, src))?;
-            d.window_log_max(WINDOW_LOG_MAX)?;
-            Box::new(d)
-        }
-    };
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut n = 0u64;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok((BlobHash(*hasher.finalize().as_bytes()), n)),
-            Ok(k) => {
-                hasher.update(&buf[..k]);
-                n += k as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+        Codec::Zstd => Box::new(zstd_decoder(src)?),
+    })
+}
+
+/// A zstd stream decoder over `src` with the readers' window limit.
+fn zstd_decoder<R: Read>(
+    src: R,
+) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<R>>> {
+    let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(CHUNK, src))?;
+    d.window_log_max(WINDOW_LOG_MAX)?;
+    Ok(d)
 }
 
 /// Passes reads through and writes a copy of every byte to `sink`.
@@ -1133,7 +1306,9 @@ type CorruptHook = Box<dyn FnOnce(&str) + Send>;
 /// bytes for the payload.
 pub struct VerifyingReader {
     inner: Box<dyn Read + Send>,
-    hasher: blake3::Hasher,
+    /// `None` when `inner` checks every byte itself (one group at a time,
+    /// against an outboard): only the length is checked here then.
+    hasher: Option<blake3::Hasher>,
     expected: BlobHash,
     expected_len: u64,
     seen: u64,
@@ -1155,12 +1330,26 @@ impl VerifyingReader {
     pub(crate) fn new(inner: Box<dyn Read + Send>, expected: BlobHash, expected_len: u64) -> Self {
         VerifyingReader {
             inner,
-            hasher: blake3::Hasher::new(),
+            hasher: Some(blake3::Hasher::new()),
             expected,
             expected_len,
             seen: 0,
             verified: false,
             on_corrupt: None,
+        }
+    }
+
+    /// A stream over a [`GroupReader`], which verifies every group before
+    /// handing it out (and fails with `InvalidData` where one is wrong), so
+    /// the payload is not hashed a second time here.
+    pub(crate) fn checked_by_groups(
+        inner: Box<dyn Read + Send>,
+        expected: BlobHash,
+        expected_len: u64,
+    ) -> Self {
+        VerifyingReader {
+            hasher: None,
+            ..VerifyingReader::new(inner, expected, expected_len)
         }
     }
 
@@ -1206,14 +1395,18 @@ impl Read for VerifyingReader {
             if self.seen > self.expected_len {
                 return Err(self.corrupt("longer than recorded".into()));
             }
-            self.hasher.update(&buf[..n]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..n]);
+            }
             return Ok(n);
         }
         if self.seen != self.expected_len {
             let why = format!("ended after {} of {} bytes", self.seen, self.expected_len);
             return Err(self.corrupt(why));
         }
-        if BlobHash(*self.hasher.finalize().as_bytes()) != self.expected {
+        if let Some(h) = &self.hasher
+            && BlobHash(*h.finalize().as_bytes()) != self.expected
+        {
             return Err(self.corrupt("content does not match its hash".into()));
         }
         self.verified = true;
@@ -1258,6 +1451,25 @@ mod tests {
         ));
         // A claimed size that cannot be allocated is corruption, not an abort.
         assert!(decode(&z, Codec::Zstd, u64::MAX, &h).is_err());
+    }
+
+    #[test]
+    fn walk_names_blobs_outboards_and_foreign_files() {
+        let hex = BlobHash::of(b"x").to_hex();
+        let dir = Path::new("/c/blobs").join(&hex[..2]);
+        let blob = dir.join(&hex[2..]);
+        let h = BlobHash::of(b"x");
+        assert_eq!(walked(&blob), Walked::Blob(h));
+        let ob = dir.join(format!("{}.obao", &hex[2..]));
+        assert_eq!(walked(&ob), Walked::Outboard(h));
+        for odd in [
+            format!("{}.OBAO", &hex[2..]),
+            format!("{}.obao", &hex[2..].to_uppercase()),
+            format!("{}.obao.obao", &hex[2..]),
+            "notes.obao".to_string(),
+        ] {
+            assert_eq!(walked(&dir.join(odd)), Walked::Foreign);
+        }
     }
 
     #[test]

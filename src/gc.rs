@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
-use crate::blobs::{self, BlobHash};
+use crate::blobs::{self, BlobHash, Walked};
 use crate::clock::add_ms;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -655,30 +655,52 @@ impl Sweep<'_> {
     }
 
     /// Deletes old blob files the index does not know: left by a put that
-    /// died before inserting its record, or by a replaced index.
+    /// died before inserting its record, or by a replaced index. An old
+    /// outboard whose blob file is gone goes too (a read stored it as GC
+    /// removed the blob).
     fn unknown_files(&mut self) -> Result<()> {
         let root = &self.store.layout().blobs;
-        for (i, (_, hash)) in blobs::walk(root)?.into_iter().enumerate() {
+        for (i, (path, what)) in blobs::walk(root)?.into_iter().enumerate() {
             if i % self.batch() == 0 && self.stopped() {
                 return Ok(());
             }
-            let Some(hash) = hash else { continue };
-            if self.store.index().blob_info(&hash)?.is_none() && self.file_is_old(&hash) {
-                self.delete_blob(&hash)?;
+            match what {
+                Walked::Blob(hash) => self.unknown_blob(&hash, &path)?,
+                Walked::Outboard(hash) => self.lone_outboard(&hash, &path)?,
+                Walked::Foreign => {}
             }
         }
         Ok(())
     }
 
-    /// True when the blob's file (if any) was last written or reused by a
-    /// put longer ago than the safety window.
-    fn file_is_old(&self, hash: &BlobHash) -> bool {
+    /// Deletes the blob file at `path` if the index does not know `hash`
+    /// and the file is older than the safety window.
+    fn unknown_blob(&mut self, hash: &BlobHash, path: &Path) -> Result<()> {
+        if self.store.index().blob_info(hash)?.is_none() && self.file_is_old(path) {
+            self.delete_blob(hash)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the outboard at `path` if its blob file is gone and it is
+    /// older than the safety window (with its blob, it goes when the blob
+    /// goes).
+    fn lone_outboard(&mut self, hash: &BlobHash, path: &Path) -> Result<()> {
+        let blobs = self.store.blob_store();
+        if self.dry() || blobs.has_file(hash) || !self.file_is_old(path) {
+            return Ok(());
+        }
+        blobs.remove_outboard(hash)
+    }
+
+    /// True when the file at `path` (if any) was last written or reused by
+    /// a put longer ago than the safety window.
+    fn file_is_old(&self, path: &Path) -> bool {
         let window = self.opts.safety_window;
         if window.is_zero() {
             return true;
         }
-        let path = self.store.blob_store().path_for(hash);
-        match fs::symlink_metadata(&path) {
+        match fs::symlink_metadata(path) {
             Ok(m) => m
                 .modified()
                 .ok()

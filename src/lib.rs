@@ -53,6 +53,7 @@ mod l1;
 mod layout;
 mod mmap;
 mod options;
+mod outboard;
 /// Storage core v2 (in progress): pack files and the lean record; not
 /// used by [`Store`] yet.
 #[doc(hidden)]

@@ -187,12 +187,15 @@ pub struct Hit {
     pub stale: bool,
 }
 
-/// A streamed hit: the payload as a [`Read`]. The payload was verified
-/// before the reader was handed out (a damaged blob is a miss), so no wrong
-/// byte is ever read from it; the content hash is checked again as it
-/// streams, and should the file change underneath, the final `read`
-/// returns an `InvalidData` error (and the entry is dropped) instead of
-/// end-of-file.
+/// A streamed hit: the payload as a [`Read`]; no wrong byte is ever read
+/// from it. A payload up to 8 MiB was verified whole before the reader was
+/// handed out (a damaged one is a miss); its hash is checked again as it
+/// streams. A larger one is verified one 1 MiB group at a time against the
+/// blob's outboard (itself checked against the hash when the reader
+/// opened): the `read` that reaches a damaged group returns an
+/// `InvalidData` error instead of any of its bytes, after the correct
+/// groups before it, and the entry is dropped. A read to the end that
+/// returns end-of-file has delivered exactly the payload.
 #[derive(Debug)]
 pub struct EntryReader {
     /// The entry's metadata.
@@ -640,7 +643,7 @@ impl Store {
                 let w = self
                     .inner
                     .blobs
-                    .ensure_file(hash, stored, *codec, raw_size)?;
+                    .ensure_file(hash, stored, payload, *codec)?;
                 Ok((
                     template(w.codec, false, w.stored_size, w.disk_bytes),
                     None,
@@ -843,7 +846,8 @@ impl Store {
     }
 
     /// Streams the live entry's payload (see [`EntryReader`]); large blobs
-    /// are read through a memory map and never loaded whole.
+    /// are never loaded whole (memory: one 1 MiB group plus the zstd
+    /// window).
     pub fn get_reader(
         &self,
         backend: &str,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
-use crate::blobs::{self, BlobError, BlobHash};
+use crate::blobs::{self, BlobError, BlobHash, Walked};
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::index::{Op, Snapshot, file_blob_info};
@@ -496,11 +496,18 @@ fn check_files(
     let cache = &store.layout_root();
     let root = cache.join("blobs");
     let mut fixes = FileFixes::default();
-    for (path, hash) in crate::blobs::walk(&root)? {
-        match hash {
-            Some(h) if infos.contains_key(&h) => check_mode(cache, path, report, &mut fixes),
-            Some(_) => report.orphan_files += 1,
-            None => {
+    for (path, what) in blobs::walk(&root)? {
+        match what {
+            Walked::Blob(h) if infos.contains_key(&h) => {
+                check_mode(cache, path, report, &mut fixes)
+            }
+            // A blob's outboard lives and goes with it; one without its
+            // blob is an orphan GC removes.
+            Walked::Outboard(h) if store.blob_store().has_file(&h) => {
+                check_mode(cache, path, report, &mut fixes)
+            }
+            Walked::Blob(_) | Walked::Outboard(_) => report.orphan_files += 1,
+            Walked::Foreign => {
                 report.problem(
                     ProblemKind::ForeignFile,
                     path.display().to_string(),

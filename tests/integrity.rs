@@ -146,19 +146,105 @@ fn large_payload() -> Vec<u8> {
     v
 }
 
-#[test]
-fn a_67_mib_blob_with_a_flipped_byte_emits_nothing() {
-    let payload = large_payload();
-    damaged_blob_is_a_miss(&payload, |p| {
-        let len = std::fs::metadata(p).unwrap().len();
-        flip(p, len * 3 / 4);
-    });
+/// Damages the blob of a payload over 8 MiB with `damage` (given the blob
+/// and its outboard), then checks `get` to a pipe: exit 2, and what reached
+/// the pipe is a prefix of the payload in whole 1 MiB groups, shorter than
+/// it (never a wrong byte); the entry was dropped, so `-o` is then a miss
+/// and leaves no file.
+fn damaged_large_blob_emits_only_a_verified_prefix(
+    payload: &[u8],
+    damage: impl Fn(&Path, &Path),
+) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    run_code(&d, &["put", "b", "k", "-"], payload, 0);
+    let blob = blob_path(&d, payload);
+    let outboard = outboard_path(&blob);
+    assert!(blob.is_file() && outboard.is_file());
+    damage(&blob, &outboard);
+    let o = run(&d, &["get", "b", "k"], b"");
+    assert_ne!(code(&o), 0, "a damaged payload never exits 0");
+    assert!(o.stdout.len() < payload.len(), "the output stops early");
+    assert!(
+        o.stdout == payload[..o.stdout.len()],
+        "a wrong byte reached the pipe"
+    );
+    assert_eq!(o.stdout.len() % (1 << 20), 0, "whole groups only");
+    if o.stdout.is_empty() {
+        assert_eq!(code(&o), 1, "nothing written: a miss");
+    } else {
+        assert_eq!(code(&o), 2, "a verified prefix written: an error");
+        assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
+    }
+    let out = dir.path().join("out");
+    run_code(&d, &["get", "b", "k", "-o", out.to_str().unwrap()], b"", 1);
+    assert!(!out.exists(), "-o left a file");
+    run_code(&d, &["put", "b", "k", "-"], payload, 0);
+    assert!(run_code(&d, &["get", "b", "k"], b"", 0).stdout == payload);
+    o.stdout
+}
+
+/// `….obao` beside `blob`.
+fn outboard_path(blob: &Path) -> PathBuf {
+    let name = blob.file_name().unwrap().to_str().unwrap();
+    blob.with_file_name(format!("{name}.obao"))
 }
 
 #[test]
-fn a_67_mib_blob_cut_short_emits_nothing() {
+fn a_67_mib_blob_with_a_flipped_byte_emits_only_a_verified_prefix() {
     let payload = large_payload();
-    damaged_blob_is_a_miss(&payload, |p| truncate(p, 4096));
+    let emitted = damaged_large_blob_emits_only_a_verified_prefix(&payload, |p, _| {
+        let len = std::fs::metadata(p).unwrap().len();
+        flip(p, len * 3 / 4);
+    });
+    assert!(!emitted.is_empty(), "the groups before the damage stream");
+}
+
+#[test]
+fn a_67_mib_blob_cut_short_emits_only_a_verified_prefix() {
+    let payload = large_payload();
+    damaged_large_blob_emits_only_a_verified_prefix(&payload, |p, _| truncate(p, 4096));
+}
+
+#[test]
+fn a_20_mib_blob_with_a_flipped_byte_in_its_last_group_pipes_19_verified_mib() {
+    // Incompressible: stored byte i is payload byte i.
+    let payload = random(12, 20 << 20);
+    let emitted = damaged_large_blob_emits_only_a_verified_prefix(&payload, |p, _| {
+        flip(p, (20 << 20) - 1000)
+    });
+    assert_eq!(emitted.len(), 19 << 20);
+}
+
+#[test]
+fn a_flipped_byte_in_an_outboard_is_a_miss_with_nothing_emitted() {
+    let payload = random(13, 9 << 20);
+    let emitted = damaged_large_blob_emits_only_a_verified_prefix(&payload, |_, outboard| {
+        flip(outboard, 100)
+    });
+    assert!(emitted.is_empty());
+}
+
+#[test]
+fn a_large_blob_without_its_outboard_streams_after_a_check_and_a_full_verify_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    let payload = large_payload();
+    run_code(&d, &["put", "b", "k", "-"], &payload, 0);
+    let o = run_code(&d, &["verify"], b"", 0);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!text.contains("foreign"), "{text}");
+    let outboard = outboard_path(&blob_path(&d, &payload));
+    std::fs::remove_file(&outboard).unwrap();
+    assert!(run_code(&d, &["get", "b", "k"], b"", 0).stdout == payload);
+    assert!(outboard.is_file(), "the read stored the outboard again");
+    run_code(&d, &["verify"], b"", 0);
+    // Damage without an outboard: the check before streaming finds it.
+    std::fs::remove_file(&outboard).unwrap();
+    let blob = blob_path(&d, &payload);
+    flip(&blob, std::fs::metadata(&blob).unwrap().len() / 2);
+    let o = run_code(&d, &["get", "b", "k"], b"", 1);
+    assert!(o.stdout.is_empty());
 }
 
 #[test]
@@ -272,6 +358,43 @@ fn verify_of_a_300_mib_blob_stays_bounded_in_memory() {
     // The payload is 300 MiB; a streaming check needs a few MiB of
     // buffers and zstd window (before: 608 MiB).
     assert!(peak < 100 * 1024, "verify peaked at {peak} KiB");
+}
+
+#[test]
+fn get_of_a_300_mib_blob_to_a_pipe_stays_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 300u64 << 20;
+    {
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let src = GenReader::new(14, len);
+        store
+            .put_reader("dump", "big", src, &PutOptions::new())
+            .unwrap();
+    }
+    let mut child = cli(dir.path())
+        .args(["get", "dump", "big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || hash_reader(BufReader::new(stdout)).unwrap());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success());
+    let (hash, n) = reader.join().unwrap();
+    let (want, _) = hash_reader(GenReader::new(14, len)).unwrap();
+    assert_eq!((hash, n), (want, len), "the whole payload, verified");
+    // One 1 MiB group, the zstd window and buffers: a few MiB.
+    assert!(peak > 0 && peak < 100 * 1024, "get peaked at {peak} KiB");
 }
 
 #[test]

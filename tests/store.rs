@@ -5,11 +5,12 @@ mod common;
 
 use std::fs;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use blobcache::{
-    Category, Clock, Error, ManualClock, ProblemKind, PutOptions, Selector, Store, StoreOptions,
-    TtlPolicy, VerifyOptions,
+    Category, Clock, Error, GcOptions, ManualClock, ProblemKind, PutOptions, Selector, Store,
+    StoreOptions, TtlPolicy, VerifyOptions,
 };
 use common::*;
 
@@ -17,9 +18,39 @@ fn put(store: &Store, b: &str, s: &str, data: &[u8]) -> blobcache::PutReport {
     store.put(b, s, data, &PutOptions::new()).unwrap()
 }
 
+/// The blob files under `dir/blobs` (not their outboards).
 fn blob_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files_under(&dir.join("blobs"))
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "obao"))
+        .collect()
 }
+
+/// `blobs/ab/cdef…` of `payload` and its outboard `….obao`.
+fn blob_and_outboard(dir: &std::path::Path, payload: &[u8]) -> (PathBuf, PathBuf) {
+    let hex = blake3::hash(payload).to_hex().to_string();
+    let fanout = dir.join("blobs").join(&hex[..2]);
+    (
+        fanout.join(&hex[2..]),
+        fanout.join(format!("{}.obao", &hex[2..])),
+    )
+}
+
+/// Reads `r` to its end, or to its first error; returns what it handed
+/// out and the error.
+fn read_until_error(mut r: impl Read) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+const MIB: usize = 1 << 20;
 
 #[test]
 fn round_trips_small_and_large_payloads() {
@@ -785,4 +816,144 @@ fn streamed_puts_report_dedup_truthfully() {
         .unwrap();
     assert!(second.deduplicated, "the same bytes again are");
     assert_eq!(first.hash, second.hash);
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_group_stops_the_stream_before_it() {
+    let (dir, store, _) = store_with_clock();
+    // Incompressible, so stored byte i is payload byte i.
+    let data = noise(41, 20 * MIB);
+    put(&store, "b", "k", &data);
+    let (blob, outboard) = blob_and_outboard(dir.path(), &data);
+    assert!(
+        outboard.is_file(),
+        "a payload over 8 MiB carries an outboard"
+    );
+    flip(&blob, (data.len() - 100) as u64);
+    let reader = store
+        .get_reader("b", "k")
+        .unwrap()
+        .expect("the outboard is intact, so the stream opens");
+    let (emitted, err) = read_until_error(reader);
+    assert_eq!(
+        emitted.len(),
+        19 * MIB,
+        "the 19 verified groups before the damaged one"
+    );
+    assert!(
+        emitted == data[..emitted.len()],
+        "every byte handed out is right"
+    );
+    let err = err.expect("the damaged group is an error");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    // The entry was dropped with its blob and outboard.
+    assert!(store.meta("b", "k").unwrap().is_none(), "entry dropped");
+    assert!(!blob.exists() && !outboard.exists());
+    assert_eq!(store.stats().unwrap().corrupt, 1);
+    put(&store, "b", "k", &data);
+    assert_eq!(store.get("b", "k").unwrap().unwrap().data, data, "healed");
+}
+
+#[test]
+fn a_flipped_byte_in_the_outboard_is_a_miss_before_the_first_byte() {
+    let (dir, store, _) = store_with_clock();
+    let data = json_payload(42, 12 * MIB);
+    put(&store, "b", "k", &data);
+    let (blob, outboard) = blob_and_outboard(dir.path(), &data);
+    let len = fs::metadata(&outboard).unwrap().len();
+    // The 16-byte header, then one 32-byte hash per MiB.
+    assert_eq!(len, 16 + 32 * 12);
+    flip(&outboard, len - 40);
+    assert!(
+        store.get_reader("b", "k").unwrap().is_none(),
+        "a forged or damaged outboard is found before any byte is emitted"
+    );
+    assert!(store.meta("b", "k").unwrap().is_none(), "entry dropped");
+    assert!(!blob.exists() && !outboard.exists());
+}
+
+#[test]
+fn a_large_blob_without_an_outboard_is_checked_first_and_gets_one() {
+    let (dir, store, _) = store_with_clock();
+    let data = json_payload(43, 9 * MIB + 123);
+    put(&store, "b", "k", &data);
+    let (blob, outboard) = blob_and_outboard(dir.path(), &data);
+    let original = fs::read(&outboard).unwrap();
+    // As a blob written by an older version, or imported.
+    fs::remove_file(&outboard).unwrap();
+    let mut out = Vec::new();
+    let mut r = store.get_reader("b", "k").unwrap().unwrap();
+    r.read_to_end(&mut out).unwrap();
+    assert!(out == data);
+    assert_eq!(fs::read(&outboard).unwrap(), original, "stored by the read");
+    assert_clean(&store);
+
+    // Without an outboard, damage is found by the pass, before any byte.
+    fs::remove_file(&outboard).unwrap();
+    let stored = fs::metadata(&blob).unwrap().len();
+    flip(&blob, stored / 2);
+    assert!(store.get_reader("b", "k").unwrap().is_none());
+    assert!(store.meta("b", "k").unwrap().is_none(), "entry dropped");
+    assert!(!outboard.exists(), "no outboard for a damaged blob");
+}
+
+#[test]
+fn streamed_puts_get_an_outboard_and_gc_removes_it_with_the_blob() {
+    let (dir, store, _) = store_with_clock();
+    let len = 10 * MIB as u64 + 1;
+    let report = store
+        .put_reader("b", "k", GenReader::new(44, len), &PutOptions::new())
+        .unwrap();
+    let hex = report.hash.to_hex();
+    let fanout = dir.path().join("blobs").join(&hex[..2]);
+    let blob = fanout.join(&hex[2..]);
+    let outboard = fanout.join(format!("{}.obao", &hex[2..]));
+    assert!(blob.is_file() && outboard.is_file());
+    let (h, n) = hash_reader(store.get_reader("b", "k").unwrap().unwrap()).unwrap();
+    assert_eq!((h.to_hex().to_string(), n), (hex.clone(), len));
+    // A full verify is clean: the outboard is the blob's, not a foreign file.
+    assert_clean(&store);
+    assert!(store.delete("b", "k").unwrap());
+    store
+        .gc(&GcOptions::new().safety_window(Duration::ZERO))
+        .unwrap();
+    assert!(!blob.exists(), "blob removed");
+    assert!(!outboard.exists(), "its outboard removed with it");
+    assert_clean(&store);
+}
+
+#[test]
+fn gc_removes_an_old_outboard_left_without_its_blob() {
+    let (dir, store, _) = store_with_clock();
+    let data = noise(45, 9 * MIB);
+    put(&store, "b", "k", &data);
+    let (_, outboard) = blob_and_outboard(dir.path(), &data);
+    let kept = fs::read(&outboard).unwrap();
+    assert!(store.delete("b", "k").unwrap());
+    store
+        .gc(&GcOptions::new().safety_window(Duration::ZERO))
+        .unwrap();
+    // A read that stored the outboard as GC removed the blob.
+    fs::write(&outboard, kept).unwrap();
+    let report = store.verify(VerifyOptions::new()).unwrap();
+    assert_eq!(report.orphan_files, 1, "counted as an orphan, not foreign");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    store
+        .gc(&GcOptions::new().safety_window(Duration::ZERO))
+        .unwrap();
+    assert!(!outboard.exists());
+}
+
+#[test]
+fn full_verify_finds_a_damaged_outboard() {
+    let (dir, store, _) = store_with_clock();
+    let data = noise(46, 9 * MIB);
+    put(&store, "b", "k", &data);
+    let (_, outboard) = blob_and_outboard(dir.path(), &data);
+    flip(&outboard, 20);
+    assert!(store.verify(VerifyOptions::new()).unwrap().is_clean());
+    let report = store.verify(VerifyOptions::new().full(true)).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].kind, ProblemKind::CorruptBlob);
+    assert!(report.problems[0].detail.contains("outboard"));
 }

@@ -17,9 +17,14 @@ Examples:
   blobcache get tmdb movie/603 --meta                # headers, times, sizes
   blobcache --json get tmdb movie/603 --meta | jq .expires_at_ms
 
-Exit codes: 0 hit, 1 miss (absent or expired entry, or no cache yet),
-2 error. The payload is written byte for byte; `-o` writes it atomically
-(a temporary file renamed into place) and leaves no partial file.";
+Exit codes: 0 hit, 1 miss (absent or expired entry, no cache yet, or a
+damaged payload found before its first byte was written), 2 error. The
+payload is written byte for byte, and no byte before it is verified;
+`-o` writes it atomically (a temporary file renamed into place) and leaves
+no partial file, so a damaged payload is a miss there. A payload over
+8 MiB is verified 1 MiB at a time as it streams: damage found after the
+first MiB went to standard output stops the output there (what was
+written is correct but incomplete) and exits 2.";
 
 /// Arguments of `get`.
 #[derive(Args, Debug)]
@@ -59,15 +64,14 @@ pub fn run(a: GetArgs, ctx: &Ctx) -> Result<Status, Error> {
         return Ok(Status::NotFound);
     };
     let key = format!("{}/{}", a.backend, a.signature);
-    match &a.output {
+    let written = match &a.output {
         Some(path) => write_file_atomic(path, &mut reader, &key)?,
-        None => {
-            let mut out = Out::new();
-            pump_to(&mut reader, out.writer(), &key, || {
-                PathBuf::from("standard output")
-            })?;
-            out.flush()?;
-        }
+        None => to_stdout(&mut reader, &key)?,
+    };
+    if written == Written::Nothing {
+        // Damage found before the first byte left: the entry was dropped
+        // and nothing was written, which is a miss.
+        return Ok(Status::NotFound);
     }
     if a.meta {
         print_meta(&reader.meta, ctx)?;
@@ -132,6 +136,67 @@ fn print_meta(m: &EntryMeta, ctx: &Ctx) -> Result<(), Error> {
     out.flush()
 }
 
+/// Streams the payload to standard output. Damage found after some of it
+/// was written is an error saying so: what was written is verified, but
+/// incomplete.
+fn to_stdout(reader: &mut impl Read, key: &str) -> Result<Written, Error> {
+    let mut out = Out::new();
+    let mut counted = Counted {
+        inner: reader,
+        bytes: 0,
+    };
+    match pump_to(&mut counted, out.writer(), key, || {
+        PathBuf::from("standard output")
+    }) {
+        Ok(_) => out.flush().map(|()| Written::Payload),
+        Err(e) if is_damage(&e) && counted.bytes == 0 => Ok(Written::Nothing),
+        Err(Error::Source { key, source }) if counted.bytes > 0 => {
+            let _ = out.flush();
+            let why = format!(
+                "{source}; the {} bytes written to standard output before it are \
+                 correct but incomplete; the entry was dropped, put it again",
+                counted.bytes
+            );
+            Err(Error::Source {
+                key,
+                source: std::io::Error::new(source.kind(), why),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a `get` wrote out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// The whole payload.
+    Payload,
+    /// Nothing: the payload was found damaged before its first byte left
+    /// (the entry is dropped).
+    Nothing,
+}
+
+/// True for a read of the payload that failed because it is damaged (the
+/// store's verifying reader says `InvalidData`, and has dropped the entry).
+fn is_damage(e: &Error) -> bool {
+    matches!(e, Error::Source { source, .. } if source.kind() == std::io::ErrorKind::InvalidData)
+}
+
+/// Counts the bytes read through it (all of which were written before the
+/// next read: see [`output::pump`]).
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
 /// Copies the payload, telling a damaged payload (read error) from a
 /// failed destination (write error).
 fn pump_to(
@@ -153,9 +218,15 @@ fn pump_to(
     })
 }
 
-/// Writes `src` to `path` atomically (see [`output::write_atomic`]).
-fn write_file_atomic(path: &Path, src: &mut impl Read, key: &str) -> Result<(), Error> {
-    output::write_atomic(path, |f, dest| {
+/// Writes `src` to `path` atomically (see [`output::write_atomic`]); a
+/// damaged payload leaves no file and is [`Written::Nothing`].
+fn write_file_atomic(path: &Path, src: &mut impl Read, key: &str) -> Result<Written, Error> {
+    let res = output::write_atomic(path, |f, dest| {
         pump_to(src, f, key, || dest.to_path_buf()).map(drop)
-    })
+    });
+    match res {
+        Ok(()) => Ok(Written::Payload),
+        Err(e) if is_damage(&e) => Ok(Written::Nothing),
+        Err(e) => Err(e),
+    }
 }
