@@ -5,10 +5,11 @@
 //!   VERSION     format version
 //!   index/      sled database (owner only)
 //!   journal/    index journal segments (owner only; see journal.rs)
-//!   blobs/ab/…  blob files
+//!   blobs/ab/…  blob files (and `.obao` outboards of those over 8 MiB)
 //!   tmp/        staging for atomic writes
-//!   locks/      owner.lock, gc.lock
+//!   locks/      owner.lock, gc.lock, space.reserve, fetch/<key hash>.lock
 //!   quarantine/ foreign files `verify --repair` moved out of blobs/
+//!   packs/, dicts/  storage core v2 (not used by `Store` yet)
 //! ```
 
 use std::fs::{self, File};
