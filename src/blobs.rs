@@ -22,6 +22,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -716,8 +717,28 @@ impl Blobs {
         codec: Codec,
         raw_size: u64,
     ) -> Result<(), BlobError> {
+        self.check_file_counted(hash, codec, raw_size, None)
+    }
+
+    /// [`Blobs::check_file`], telling `counter` how many payload bytes it
+    /// has decoded and hashed so far (for progress bars over large blobs).
+    pub fn check_file_counted(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+        counter: Option<ReadCounter>,
+    ) -> Result<(), BlobError> {
         let file = self.open_blob(&self.path_for(hash))?;
-        let cvs = hash_checked(decoded_file(file, codec)?, hash, raw_size)?;
+        let mut payload = decoded_file(file, codec)?;
+        if let Some(tick) = counter {
+            payload = Box::new(Counted {
+                inner: payload,
+                tick,
+                done: 0,
+            });
+        }
+        let cvs = hash_checked(payload, hash, raw_size)?;
         if raw_size <= VERIFY_IN_MEMORY_MAX {
             return Ok(());
         }
@@ -889,6 +910,25 @@ fn reader_over(
 
 /// Reads all of `payload`, checks its length and hash, and returns its
 /// group CVs.
+/// Told the number of bytes a stream has produced so far.
+pub type ReadCounter = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A reader that reports the bytes read through it.
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    tick: ReadCounter,
+    done: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.tick)(self.done);
+        Ok(n)
+    }
+}
+
 fn hash_checked(
     mut payload: Box<dyn Read + Send>,
     hash: &BlobHash,

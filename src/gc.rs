@@ -235,6 +235,10 @@ pub struct GcProgress {
     pub done: u64,
     /// Items the step expects to do, when known.
     pub total: Option<u64>,
+    /// Bytes done and expected, for steps whose items vary in size
+    /// (recompression: stored bytes of the blobs rewritten so far and of
+    /// all those due).
+    pub bytes: Option<(u64, u64)>,
 }
 
 /// What a sweep did (or, with [`GcOptions::dry_run`], would do).
@@ -480,8 +484,23 @@ impl Sweep<'_> {
     }
 
     fn progress(&self, step: GcStep, done: u64, total: Option<u64>) {
+        self.progress_bytes(step, done, total, None);
+    }
+
+    fn progress_bytes(
+        &self,
+        step: GcStep,
+        done: u64,
+        total: Option<u64>,
+        bytes: Option<(u64, u64)>,
+    ) {
         if let Some(f) = &self.opts.progress {
-            f(&GcProgress { step, done, total });
+            f(&GcProgress {
+                step,
+                done,
+                total,
+                bytes,
+            });
         }
     }
 
@@ -916,49 +935,67 @@ impl Sweep<'_> {
         let Some(level) = self.opts.recompress_level else {
             return Ok(());
         };
+        let due = self.recompress_due(level)?;
+        let total = (
+            due.len() as u64,
+            due.iter().map(|(_, i)| i.stored_size).sum(),
+        );
+        let mut done = (0, 0);
+        self.progress_bytes(GcStep::Recompress, 0, Some(total.0), Some((0, total.1)));
+        for (hash, info) in due {
+            self.recompress_one(hash, &info, level)?;
+            done = (done.0 + 1, done.1 + info.stored_size);
+            let bytes = Some((done.1, total.1));
+            self.progress_bytes(GcStep::Recompress, done.0, Some(total.0), bytes);
+            if self.stopped() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The blobs a recompression to `level` would rewrite.
+    fn recompress_due(&mut self, level: i32) -> Result<Vec<(BlobHash, BlobInfo)>> {
         let cutoff = self
             .now()
             .saturating_sub(ms(self.opts.recompress_older_than));
         let mut after = None;
+        let mut due = Vec::new();
         while let Some(page) = self.blob_page(&mut after)? {
-            for (hash, info) in page {
-                let due = info.state == BlobState::Live
+            due.extend(page.into_iter().filter(|(_, info)| {
+                info.state == BlobState::Live
                     && !info.inline
                     && info.codec == Codec::Zstd
                     && info.refs > 0
                     && info.since <= cutoff
-                    && info.level.is_none_or(|l| l < level);
-                if !due {
-                    continue;
-                }
-                if self.dry() {
-                    self.report.blobs_recompressed += 1;
-                    self.report.bytes_recompressed += info.stored_size;
-                    continue;
-                }
-                let store = self.store.blob_store();
-                let Some(r) = store.recompress(&hash, info.raw_size, level)? else {
-                    continue;
-                };
-                let op = Op::Recompressed {
-                    hash,
-                    level,
-                    old_stored_size: info.stored_size,
-                    stored_size: r.stored_size,
-                    disk_bytes: r.disk_bytes,
-                };
-                self.store.apply(&op)?;
-                if r.replaced {
-                    self.report.blobs_recompressed += 1;
-                    self.report.bytes_recompressed += info.stored_size;
-                    self.report.bytes_saved += info.stored_size.saturating_sub(r.stored_size);
-                }
-                let done = self.report.blobs_recompressed;
-                self.progress(GcStep::Recompress, done, None);
-                if self.stopped() {
-                    return Ok(());
-                }
-            }
+                    && info.level.is_none_or(|l| l < level)
+            }));
+        }
+        Ok(due)
+    }
+
+    fn recompress_one(&mut self, hash: BlobHash, info: &BlobInfo, level: i32) -> Result<()> {
+        if self.dry() {
+            self.report.blobs_recompressed += 1;
+            self.report.bytes_recompressed += info.stored_size;
+            return Ok(());
+        }
+        let store = self.store.blob_store();
+        let Some(r) = store.recompress(&hash, info.raw_size, level)? else {
+            return Ok(());
+        };
+        let op = Op::Recompressed {
+            hash,
+            level,
+            old_stored_size: info.stored_size,
+            stored_size: r.stored_size,
+            disk_bytes: r.disk_bytes,
+        };
+        self.store.apply(&op)?;
+        if r.replaced {
+            self.report.blobs_recompressed += 1;
+            self.report.bytes_recompressed += info.stored_size;
+            self.report.bytes_saved += info.stored_size.saturating_sub(r.stored_size);
         }
         Ok(())
     }

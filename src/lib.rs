@@ -91,7 +91,9 @@ pub use remote::{DEFAULT_REMOTE_PREFIX, RemoteOptions, RemoteState, RemoteStats}
 pub use store::{
     BackendStats, Entries, EntryMeta, EntryReader, Hit, PutReport, Selector, Stats, Store,
 };
-pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyProgress, VerifyReport};
+pub use verify::{
+    Problem, ProblemKind, VerifyByteProgress, VerifyOptions, VerifyProgress, VerifyReport,
+};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -27,6 +27,11 @@ use crate::store::Store;
 /// position (1-based) and the number of entries.
 pub type VerifyProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// Called by a full [`Store::verify`] as it decodes and hashes payloads,
+/// with the payload bytes checked so far and the total to check (each
+/// distinct payload once, large ones reported as they stream).
+pub type VerifyByteProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Options for [`Store::verify`].
 ///
 /// ```
@@ -46,6 +51,7 @@ pub struct VerifyOptions {
     pub(crate) full: bool,
     pub(crate) repair: bool,
     pub(crate) progress: Option<VerifyProgress>,
+    pub(crate) byte_progress: Option<VerifyByteProgress>,
 }
 
 impl fmt::Debug for VerifyOptions {
@@ -54,6 +60,7 @@ impl fmt::Debug for VerifyOptions {
             .field("full", &self.full)
             .field("repair", &self.repair)
             .field("progress", &self.progress.is_some())
+            .field("byte_progress", &self.byte_progress.is_some())
             .finish()
     }
 }
@@ -82,6 +89,14 @@ impl VerifyOptions {
     /// for progress bars on long, full checks.
     pub fn progress(mut self, report: VerifyProgress) -> Self {
         self.progress = Some(report);
+        self
+    }
+
+    /// Reports the payload bytes a full check has decoded and hashed (see
+    /// [`VerifyByteProgress`]): what a bar's time-left estimate needs when
+    /// a few large blobs dominate.
+    pub fn byte_progress(mut self, report: VerifyByteProgress) -> Self {
+        self.byte_progress = Some(report);
         self
     }
 }
@@ -245,6 +260,7 @@ fn check_records(
     let mut bad = Vec::new();
     let mut verdicts: HashMap<BlobHash, Option<(ProblemKind, String)>> = HashMap::new();
     let total = snap.records.len() as u64;
+    let mut bytes = ByteTally::new(snap, opts);
     for (done, (k, rec)) in (1..).zip(&snap.records) {
         if let Some(tick) = &opts.progress {
             tick(done, total);
@@ -263,9 +279,19 @@ fn check_records(
                 format!("blob {} has no refcount entry", rec.hash),
             );
         }
-        let verdict = verdicts
-            .entry(rec.hash)
-            .or_insert_with(|| check_blob(store, rec, infos.get(&rec.hash), &inline, opts.full));
+        let verdict = verdicts.entry(rec.hash).or_insert_with(|| {
+            let counter = bytes.counter();
+            let v = check_blob(
+                store,
+                rec,
+                infos.get(&rec.hash),
+                &inline,
+                opts.full,
+                counter,
+            );
+            bytes.finished(rec.raw_size);
+            v
+        });
         if let Some((kind, why)) = verdict {
             report.problem(*kind, key::display(k), format!("blob {}: {why}", rec.hash));
             bad.push((k.clone(), rec.clone(), *kind == ProblemKind::CorruptBlob));
@@ -274,12 +300,55 @@ fn check_records(
     bad
 }
 
+/// The payload bytes a full check has done, for
+/// [`VerifyOptions::byte_progress`].
+struct ByteTally {
+    report: Option<VerifyByteProgress>,
+    done: u64,
+    total: u64,
+}
+
+impl ByteTally {
+    fn new(snap: &Snapshot, opts: &VerifyOptions) -> ByteTally {
+        let report = opts.byte_progress.clone().filter(|_| opts.full);
+        let mut total = 0;
+        if report.is_some() {
+            let mut seen = HashSet::new();
+            for rec in snap.records.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                if seen.insert(rec.hash) {
+                    total += rec.raw_size;
+                }
+            }
+        }
+        ByteTally {
+            report,
+            done: 0,
+            total,
+        }
+    }
+
+    /// A counter for the blob about to be checked.
+    fn counter(&self) -> Option<blobs::ReadCounter> {
+        let report = self.report.clone()?;
+        let (base, total) = (self.done, self.total);
+        Some(Arc::new(move |n| report(base + n, total)))
+    }
+
+    /// One payload of `raw_size` bytes was checked (or found missing).
+    fn finished(&mut self, raw_size: u64) {
+        let Some(report) = &self.report else { return };
+        self.done = (self.done + raw_size).min(self.total);
+        report(self.done, self.total);
+    }
+}
+
 fn check_blob(
     store: &Store,
     rec: &Record,
     info: Option<&BlobInfo>,
     inline: &HashSet<&[u8]>,
     full: bool,
+    counter: Option<blobs::ReadCounter>,
 ) -> Option<(ProblemKind, String)> {
     if rec.inline {
         if !inline.contains(&rec.hash.0[..]) {
@@ -335,7 +404,7 @@ fn check_blob(
     }
     store
         .blob_store()
-        .check_file(&rec.hash, rec.codec, rec.raw_size)
+        .check_file_counted(&rec.hash, rec.codec, rec.raw_size, counter)
         .err()
         .map(blob_verdict)
 }

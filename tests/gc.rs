@@ -465,9 +465,22 @@ fn recompression_shrinks_old_blobs_and_keeps_their_bytes() {
     store.put("b", "young", &young, &month).unwrap();
 
     let gc = GcOptions::new().recompress_level(19);
-    let r = store.gc(&gc).unwrap();
+    let ticks = Arc::new(Mutex::new(Vec::new()));
+    let log = ticks.clone();
+    let watched = gc.clone().progress(move |p| {
+        if p.step == GcStep::Recompress {
+            log.lock().unwrap().push((p.done, p.total, p.bytes));
+        }
+    });
+    let r = store.gc(&watched).unwrap();
     assert_eq!(r.blobs_recompressed, 3, "{r:?}");
     assert_eq!(r.bytes_recompressed, sizes.iter().sum::<u64>());
+    // The bar knows the blobs and bytes due from the start, and follows bytes.
+    let total: u64 = sizes.iter().sum();
+    let ticks = ticks.lock().unwrap().clone();
+    assert_eq!(ticks.first(), Some(&(0, Some(3), Some((0, total)))));
+    assert_eq!(ticks.last(), Some(&(3, Some(3), Some((total, total)))));
+    assert_eq!(ticks.len(), 4, "{ticks:?}");
     assert!(r.bytes_saved > 0, "{r:?}");
     for (i, p) in payloads.iter().enumerate() {
         let len = std::fs::metadata(blob_path(dir.path(), p)).unwrap().len();

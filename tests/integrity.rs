@@ -456,3 +456,50 @@ fn verify_repair_tightens_a_0666_blob_and_moves_foreign_files_to_quarantine() {
     let o = run_code(&d, &["get", "b", "k"], b"", 0);
     assert_eq!(o.stdout, payload);
 }
+
+#[test]
+fn a_full_verify_reports_payload_bytes_as_it_streams_a_large_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let big = noise(7, 20 << 20);
+    let small: Vec<Vec<u8>> = (0..3).map(|i| noise(100 + i, 5_000)).collect();
+    store.put("b", "big", &big, &PutOptions::new()).unwrap();
+    for (i, p) in small.iter().enumerate() {
+        store
+            .put("b", format!("s{i}"), p, &PutOptions::new())
+            .unwrap();
+    }
+    // A second entry of the same payload is checked (and counted) once.
+    store
+        .put("b", "again", &small[0], &PutOptions::new())
+        .unwrap();
+    let want = (big.len() + 3 * 5_000) as u64;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let opts = blobcache::VerifyOptions::new()
+        .full(true)
+        .byte_progress(std::sync::Arc::new(move |done, total| {
+            log.lock().unwrap().push((done, total));
+        }));
+    assert!(store.verify(opts).unwrap().is_clean());
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|(_, t)| *t == want), "total {want}");
+    assert_eq!(seen.last().map(|(d, _)| *d), Some(want));
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "never goes back");
+    let inside = seen
+        .iter()
+        .filter(|(d, _)| *d > 15_000 && *d < want - 15_000)
+        .count();
+    assert!(
+        inside >= 10,
+        "the 20 MiB blob reports as it streams: {inside}"
+    );
+    // A quick check reads no payload and reports no bytes.
+    let quiet = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let q = quiet.clone();
+    let opts = blobcache::VerifyOptions::new().byte_progress(std::sync::Arc::new(move |_, _| {
+        q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    store.verify(opts).unwrap();
+    assert_eq!(quiet.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

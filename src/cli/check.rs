@@ -1,6 +1,8 @@
 //! `blobcache health` and `blobcache verify`: is the cache consistent?
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use blobcache::{Error, Problem, RemoteState, VerifyOptions, VerifyReport};
 use clap::Args;
@@ -187,11 +189,14 @@ pub fn verify(a: VerifyArgs, ctx: &Ctx) -> Result<Status, Error> {
         return verify_report(&VerifyReport::default(), true, false, ctx);
     };
     let bar = Progress::start(ctx, "verifying", store.stats()?.entries);
-    let tick = bar.ticker();
-    let opts = VerifyOptions::new()
-        .full(!a.quick)
-        .repair(a.repair)
-        .progress(Arc::new(move |done, _| tick(done)));
+    let opts = VerifyOptions::new().full(!a.quick).repair(a.repair);
+    let opts = match a.quick {
+        true => {
+            let tick = bar.ticker();
+            opts.progress(Arc::new(move |done, _| tick(done)))
+        }
+        false => with_byte_bar(opts, &bar),
+    };
     let report = store.verify(opts)?;
     drop(bar);
     let clean = report.is_clean()
@@ -200,6 +205,38 @@ pub fn verify(a: VerifyArgs, ctx: &Ctx) -> Result<Status, Error> {
                 .verify(VerifyOptions::new().full(!a.quick))?
                 .is_clean());
     verify_report(&report, clean, a.repair, ctx)
+}
+
+/// A full check's bar counts payload bytes (its time left follows the
+/// large blobs), its message the entries: `verifying entry 282/356`.
+fn with_byte_bar(opts: VerifyOptions, bar: &Progress) -> VerifyOptions {
+    let entries = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let bytes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let step: Arc<super::progress::ByteStepper> = Arc::new(bar.byte_stepper());
+    let draw = {
+        let (entries, bytes, step) = (entries.clone(), bytes.clone(), step.clone());
+        move || {
+            let e = (entries.0.load(Relaxed), entries.1.load(Relaxed));
+            let b = (bytes.0.load(Relaxed), bytes.1.load(Relaxed));
+            step("verifying entry", e, b);
+        }
+    };
+    let draw = Arc::new(draw);
+    let on_entry = {
+        let (entries, draw) = (entries.clone(), draw.clone());
+        move |done, total| {
+            entries.0.store(done, Relaxed);
+            entries.1.store(total, Relaxed);
+            draw();
+        }
+    };
+    let on_bytes = move |done, total| {
+        bytes.0.store(done, Relaxed);
+        bytes.1.store(total, Relaxed);
+        draw();
+    };
+    opts.progress(Arc::new(on_entry))
+        .byte_progress(Arc::new(on_bytes))
 }
 
 fn verify_report(r: &VerifyReport, clean: bool, repair: bool, ctx: &Ctx) -> Result<Status, Error> {

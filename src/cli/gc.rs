@@ -111,13 +111,17 @@ pub fn run(a: GcArgs, ctx: &Ctx) -> Result<Status, Error> {
         None => None,
     };
     let bar = Progress::start(ctx, "sweeping", 0);
-    let step = bar.stepper();
+    let (step, bytes) = (bar.stepper(), bar.byte_stepper());
     let mut opts = GcOptions::new()
         .grace(a.grace)
         .recompress_older_than(a.recompress_older_than)
         .dry_run(a.dry_run)
         .wait(a.wait)
-        .progress(move |p| step(step_name(p.step), p.done, p.total));
+        .progress(move |p| match (p.bytes, p.total) {
+            // Blobs vary in size: the bar and its time left follow bytes.
+            (Some(b), Some(total)) => bytes(step_name(p.step), (p.done, total), b),
+            _ => step(step_name(p.step), p.done, p.total),
+        });
     if let Some(size) = a.max_size {
         opts = opts.max_size(size);
     }
