@@ -379,7 +379,7 @@ impl<'a> Session<'a> {
             let size = m.size();
             if size != desc.stored_size {
                 let reason = format!(
-                    "it holds {size} bytes but the manifest lists {}: the archive was edited",
+                    "it holds {size} bytes but the manifest lists {}: the archive is damaged or was edited",
                     desc.stored_size
                 );
                 return Err(bad(&name, reason));
