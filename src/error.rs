@@ -274,7 +274,7 @@ pub enum Error {
     #[error(
         "cannot import the archive: it is not signed (format {format}) and a signing key was \
          given; nothing from it was imported: export it with the same key \
-         (--sign-key-file / BLOBCACHE_SIGN_KEY_FILE), or import without a key to accept \
+         (ExportOptions::sign_key / --sign-key-file), or import without a key to accept \
          unsigned archives"
     )]
     UnsignedArchive {

@@ -1039,6 +1039,10 @@ fn signed_archives_round_trip_and_refuse_forgeries() {
     let unsigned = export_bytes(&src, &ExportOptions::default());
     use blobcache::ArchiveIntegrity as I;
 
+    for debug in [format!("{:?}", with_key(7)), format!("{:?}", signed(7))] {
+        assert!(debug.contains("sign_key: \"Some(<redacted>)\""), "{debug}");
+        assert!(!debug.contains("7, 7"), "{debug}");
+    }
     let (_e, dst) = empty_store();
     let r = dst.import(&signed_archive[..], &with_key(1)).unwrap();
     assert_eq!((r.imported, r.integrity), (12, I::SignatureVerified));
