@@ -1171,6 +1171,12 @@ fn signed_archives_through_the_cli() {
     let line = String::from_utf8_lossy(&o.stdout);
     assert!(line.contains("signature was not checked"), "{line}");
 
+    // An empty variable is an error, not "no key".
+    let mut c = common::cli(&cache2);
+    c.args(["import", archive_s])
+        .env("BLOBCACHE_SIGN_KEY_FILE", "");
+    assert_eq!(common::code(&common::run_cmd(c, b"")), 2);
+
     // Key files that are not keys: a clear error, no archive written.
     for (name, bytes) in [
         ("short.key", vec![1u8; 31]),
@@ -1297,5 +1303,47 @@ fn a_refused_import_leaves_no_blob_files_behind() {
     let r = dst.import(&archive[..], &ImportOptions::default()).unwrap();
     assert_eq!((r.imported, r.skipped), (11, 1)); // s-04 here is newer
     assert_eq!(blob_files(dir.path()).len(), 11);
+    assert_clean(&dst);
+}
+
+#[test]
+fn a_refused_import_keeps_a_blob_file_a_concurrent_put_took_up() {
+    let (_d, src) = source();
+    let archive = export_bytes(&src, &ExportOptions::default());
+    let payloads: Vec<Vec<u8>> = (0..10u64).map(|i| noise(i, 20_000 + i as usize)).collect();
+    let all = members(&archive);
+    let first = all[1].0.clone();
+    let taken = payloads
+        .iter()
+        .find(|p| {
+            let h = blake3::hash(p).to_hex().to_string();
+            first == format!("blobs/{}/{}", &h[..2], &h[2..])
+        })
+        .unwrap()
+        .clone();
+    let (last, pos, size) = all.last().unwrap().clone();
+    let mut bad = archive.clone();
+    bad[(pos + size / 2) as usize] ^= 0x10;
+
+    // Right after the import linked its first blob file in, a put of the
+    // same content finds that file in place and references it (the claim
+    // then fails, and the put refreshed the file's mtime: either keeps it).
+    let (dir, dst) = empty_store();
+    let (writer, body) = (dst.clone(), taken.clone());
+    let opts = ImportOptions::default().progress(move |p| {
+        if p.blobs_done == 1 {
+            let r = writer
+                .put("mine", "same", &body, &PutOptions::new())
+                .unwrap();
+            assert!(r.deduplicated, "the put should reuse the imported file");
+        }
+    });
+    let err = dst.import(&bad[..], &opts).unwrap_err();
+    assert!(
+        matches!(err, Error::BadArchive { ref member, .. } if *member == last),
+        "{err}"
+    );
+    assert_eq!(dst.get("mine", "same").unwrap().unwrap().data, taken);
+    assert_eq!(blob_files(dir.path()).len(), 1, "only the put's file stays");
     assert_clean(&dst);
 }
