@@ -269,6 +269,38 @@ pub enum Error {
         supported: u32,
     },
 
+    /// A signing key was given for the import, and the archive is not
+    /// signed (format 1 archives never are).
+    #[error(
+        "cannot import the archive: it is not signed (format {format}) and a signing key was \
+         given; nothing from it was imported: export it with the same key \
+         (ExportOptions::sign_key / --sign-key-file), or import without a key to accept \
+         unsigned archives"
+    )]
+    UnsignedArchive {
+        /// The archive's format version.
+        format: u32,
+    },
+
+    /// The archive's signature does not match the key given: it was edited
+    /// after it was signed (say, a poisoned CI cache), or signed with
+    /// another key. Nothing from it was imported.
+    #[error(
+        "cannot import the archive: its signature does not match the signing key given: it \
+         was edited after it was signed, or signed with another key; nothing from it was \
+         imported: do not use this archive, export it again with the right key"
+    )]
+    ForgedArchive,
+
+    /// A signing key file cannot be used.
+    #[error("cannot use the signing key file {}: {reason}", path.display())]
+    BadSignKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it (never the key itself).
+        reason: String,
+    },
+
     /// Writing an exported archive to its destination failed.
     #[error(
         "writing the archive failed: {source}{}; check the destination",

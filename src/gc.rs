@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -370,6 +370,57 @@ impl Store {
         if state.blob_bytes + sweeper.index_bytes.load(Ordering::Relaxed) > cap {
             sweeper.wake();
         }
+    }
+
+    /// Claims the file blob `hash` for deletion (see the module docs):
+    /// true when the claim holds (no entry references it).
+    fn claim_blob(&self, hash: &BlobHash, at: u64) -> Result<bool> {
+        let claim = Op::ClaimBlob { hash: *hash, at };
+        Ok(self.apply(&claim)? == Outcome::Applied(true))
+    }
+
+    /// Removes the file of a claimed blob (when `remove`) and marks it
+    /// `Gone`; returns the bytes freed. `Gone` only makes writers check the
+    /// file again, so it is right even when the file stays.
+    fn remove_claimed(&self, hash: &BlobHash, at: u64, remove: bool) -> Result<u64> {
+        let removed = if remove {
+            self.blob_store().remove(hash)
+        } else {
+            Ok(0)
+        };
+        self.apply(&Op::BlobGone { hash: *hash, at })?;
+        removed
+    }
+
+    /// Takes back the blob files a refused import linked in (`linked`:
+    /// each with the mtime it had then): those no entry references are
+    /// claimed and removed as the sweeper does, under `locks/gc.lock`. A
+    /// file whose mtime changed was reused meanwhile by another writer (a
+    /// put or import refreshes it when it finds the file in place) and
+    /// stays; so does one a concurrent put has referenced (the claim fails)
+    /// or one a put is placing (it waits for the claim, then writes the
+    /// file again). Returns how many went, or `None` when a sweep holds the
+    /// lock: the files are then left to GC (orphans older than the safety
+    /// window).
+    pub(crate) fn reclaim_linked(&self, linked: &[(BlobHash, SystemTime)]) -> Result<Option<u64>> {
+        let Some(_lock) = self.layout().try_lock(GC_LOCK)? else {
+            return Ok(None);
+        };
+        let mut removed = 0;
+        for (hash, mtime) in linked {
+            let now = self.options().clock.now_ms();
+            if !self.claim_blob(hash, now)? {
+                continue;
+            }
+            let untouched = self
+                .blob_store()
+                .file_meta(hash)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t == *mtime);
+            self.remove_claimed(hash, now, untouched)?;
+            removed += u64::from(untouched);
+        }
+        Ok(Some(removed))
     }
 
     /// Releases a `Deleting` claim on `hash` left by a sweeper that died
@@ -734,11 +785,7 @@ impl Sweep<'_> {
         if self.dry() {
             return self.finish_claim(hash);
         }
-        let claim = Op::ClaimBlob {
-            hash: *hash,
-            at: self.now(),
-        };
-        if self.store.apply(&claim)? != Outcome::Applied(true) {
+        if !self.store.claim_blob(hash, self.now())? {
             return Ok(());
         }
         self.finish_claim(hash)
@@ -760,15 +807,7 @@ impl Sweep<'_> {
             self.report.bytes_freed += freed;
             return Ok(());
         }
-        let removed = self.store.blob_store().remove(hash);
-        // `Gone` only makes writers check the file again, so it is right
-        // even when the removal failed.
-        let gone = Op::BlobGone {
-            hash: *hash,
-            at: self.now(),
-        };
-        self.store.apply(&gone)?;
-        let freed = removed?;
+        let freed = self.store.remove_claimed(hash, self.now(), true)?;
         self.report.blobs_deleted += 1;
         self.report.bytes_freed += freed;
         Ok(())

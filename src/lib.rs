@@ -70,8 +70,8 @@ mod typed;
 mod verify;
 
 pub use archive::{
-    ARCHIVE_FORMAT_VERSION, ExportOptions, ExportReport, ImportOptions, ImportReport, MergePolicy,
-    Progress,
+    ARCHIVE_FORMAT_VERSION, ArchiveIntegrity, ExportOptions, ExportReport, ImportOptions,
+    ImportReport, MergePolicy, Progress, SignKey,
 };
 pub use blobs::{BlobHash, VerifyingReader};
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};

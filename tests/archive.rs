@@ -465,7 +465,7 @@ fn newer_format_and_missing_blobs_are_refused() {
     let (_e, dst) = empty_store();
 
     let newer = edit_manifest(&manifest, |m| {
-        *field(m, "format") = ciborium::Value::Integer(2.into());
+        *field(m, "format") = ciborium::Value::Integer(3.into());
         m.push(("future".into(), ciborium::Value::Bool(true)));
     });
     let err = dst
@@ -478,8 +478,8 @@ fn newer_format_and_missing_blobs_are_refused() {
         matches!(
             err,
             Error::NewerArchive {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{err}"
@@ -487,9 +487,12 @@ fn newer_format_and_missing_blobs_are_refused() {
     assert!(err.to_string().contains("upgrade blobcache"));
 
     // A record whose blob the archive does not list.
-    let orphaned = edit_manifest(&manifest, |m| {
-        *field(m, "blobs") = ciborium::Value::Array(Vec::new());
-    });
+    let orphaned = reseal(
+        &edit_manifest(&body_of(&manifest), |m| {
+            *field(m, "blobs") = ciborium::Value::Array(Vec::new());
+        }),
+        None,
+    );
     let err = dst
         .import(
             &with_manifest(&orphaned, |_| {})[..],
@@ -524,6 +527,25 @@ fn newer_format_and_missing_blobs_are_refused() {
         .import(&stray[..], &ImportOptions::default())
         .unwrap_err();
     assert!(err.to_string().contains("not listed"), "{err}");
+
+    // A listed blob member twice, or with another size than listed.
+    let twice = with_manifest(&manifest, |b| {
+        raw_member(b, &blob.0, tar::EntryType::Regular, blob_bytes);
+        raw_member(b, &blob.0, tar::EntryType::Regular, blob_bytes);
+    });
+    let err = dst
+        .import(&twice[..], &ImportOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    let mut longer = blob_bytes.to_vec();
+    longer.push(b'!');
+    let resized = with_manifest(&manifest, |b| {
+        raw_member(b, &blob.0, tar::EntryType::Regular, &longer);
+    });
+    let err = dst
+        .import(&resized[..], &ImportOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("the manifest lists"), "{err}");
 
     // Not an archive at all.
     let err = dst
@@ -790,4 +812,538 @@ fn export_is_deterministic() {
     let a = export_bytes(&src, &ExportOptions::default());
     let b = export_bytes(&src, &ExportOptions::default());
     assert_eq!(a, b);
+}
+
+// ---- Manifest integrity and signed archives ----
+
+const MANIFEST: &str = "blobcache-manifest.cbor";
+
+fn cbor(v: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+fn sealed_field(member: &[u8], name: &str) -> Option<Vec<u8>> {
+    let v: ciborium::Value = ciborium::from_reader(member).unwrap();
+    v.as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(name))
+        .map(|(_, v)| v.as_bytes().unwrap().clone())
+}
+
+/// The manifest proper inside a sealed manifest member (format 2).
+fn body_of(member: &[u8]) -> Vec<u8> {
+    sealed_field(member, "manifest").unwrap()
+}
+
+/// A sealed member around `body`, built as the format says, independently
+/// of the library: `sum` is blake3 over the format (u32, little-endian),
+/// a flag byte (1 with a MAC), the MAC and the manifest bytes.
+fn reseal(body: &[u8], mac: Option<&[u8]>) -> Vec<u8> {
+    use ciborium::Value;
+    let mut h = blake3::Hasher::new();
+    h.update(&2u32.to_le_bytes());
+    h.update(&[u8::from(mac.is_some())]);
+    h.update(mac.unwrap_or_default());
+    h.update(body);
+    let mut map = vec![
+        ("format".into(), Value::Integer(2.into())),
+        ("manifest".into(), Value::Bytes(body.to_vec())),
+    ];
+    if let Some(m) = mac {
+        map.push(("mac".into(), Value::Bytes(m.to_vec())));
+    }
+    map.push(("sum".into(), Value::Bytes(h.finalize().as_bytes().to_vec())));
+    cbor(&Value::Map(map))
+}
+
+/// `archive` with its manifest member replaced by `member`.
+fn with_member(archive: &[u8], member: &[u8]) -> Vec<u8> {
+    let mut a = tar::Archive::new(archive);
+    let rest: Vec<(String, Vec<u8>)> = a
+        .entries()
+        .unwrap()
+        .skip(1)
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (name, data)
+        })
+        .collect();
+    with_manifest(member, |b| {
+        for (name, data) in &rest {
+            raw_member(b, name, tar::EntryType::Regular, data);
+        }
+    })
+}
+
+/// The manifest member of `archive`.
+fn member_of(archive: &[u8]) -> Vec<u8> {
+    let (_, pos, size) = members(archive)[0].clone();
+    archive[pos as usize..(pos + size) as usize].to_vec()
+}
+
+/// Replaces `from` by `to` (same length) inside the manifest member only.
+fn edit_in_manifest(archive: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let (_, pos, size) = members(archive)[0].clone();
+    let (pos, end) = (pos as usize, (pos + size) as usize);
+    let at = archive[pos..end]
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap_or_else(|| panic!("{from:?} is not in the manifest"));
+    let mut out = archive.to_vec();
+    out[pos + at..pos + at + to.len()].copy_from_slice(to);
+    out
+}
+
+/// A cache like the one of the issue: `src/s-00`..`src/s-09` with file
+/// blobs and an ETag header each, and two inline entries.
+fn source() -> (tempfile::TempDir, Store) {
+    let (dir, store, _) = store_with_clock();
+    for i in 0..10u64 {
+        let opts = PutOptions::new().header("ETag", format!("\"e{i}\""));
+        store
+            .put(
+                "src",
+                format!("s-{i:02}"),
+                &noise(i, 20_000 + i as usize),
+                &opts,
+            )
+            .unwrap();
+    }
+    store
+        .put("src", "t-0", b"tiny 0", &PutOptions::new())
+        .unwrap();
+    store
+        .put("src", "t-1", b"tiny 1", &PutOptions::new())
+        .unwrap();
+    (dir, store)
+}
+
+fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = common::files_under(&dir.join("blobs"));
+    files.sort();
+    files
+}
+
+fn test_key(byte: u8) -> blobcache::SignKey {
+    blobcache::SignKey::from_bytes([byte; 32])
+}
+
+fn signed(key: u8) -> ExportOptions {
+    ExportOptions::default().sign_key(test_key(key))
+}
+
+fn with_key(key: u8) -> ImportOptions {
+    ImportOptions::default().sign_key(test_key(key))
+}
+
+#[test]
+fn the_sealed_manifest_is_as_documented() {
+    let (_d, src) = source();
+    for (opts, is_signed) in [(ExportOptions::default(), false), (signed(1), true)] {
+        let member = member_of(&export_bytes(&src, &opts));
+        let mac = sealed_field(&member, "mac");
+        assert_eq!(mac.is_some(), is_signed);
+        assert_eq!(reseal(&body_of(&member), mac.as_deref()), member);
+    }
+}
+
+#[test]
+fn every_flipped_byte_of_the_manifest_is_refused() {
+    let (_d, src) = source();
+    let archive = export_bytes(&src, &ExportOptions::default());
+    let (name, pos, size) = members(&archive)[0].clone();
+    assert_eq!(name, MANIFEST);
+    let (dir, dst) = empty_store();
+    for i in pos..pos + size {
+        for bit in [0x01u8, 0xff] {
+            let mut bad = archive.clone();
+            bad[i as usize] ^= bit;
+            let err = dst
+                .import(&bad[..], &ImportOptions::default())
+                .expect_err("a damaged manifest must be refused");
+            let ok = matches!(err, Error::BadArchive { ref member, .. } if member == MANIFEST)
+                || matches!(err, Error::NewerArchive { .. });
+            assert!(ok, "flip {bit:#x} at byte {}: {err}", i - pos);
+        }
+    }
+    assert_nothing_imported(&dst);
+    assert!(blob_files(dir.path()).is_empty());
+    assert_clean(&dst);
+    // The intact archive imports, checked.
+    let r = dst.import(&archive[..], &ImportOptions::default()).unwrap();
+    assert_eq!(r.imported, 12);
+    assert_eq!(r.integrity, blobcache::ArchiveIntegrity::Checksummed);
+}
+
+#[test]
+fn edited_keys_headers_and_times_are_refused() {
+    let (_d, src) = source();
+    let archive = export_bytes(&src, &ExportOptions::default());
+    let created_at = {
+        // "ca" then a u64: flip its lowest byte.
+        let member = member_of(&archive);
+        let at = member.windows(4).position(|w| w == b"\x62ca\x1b").unwrap();
+        let old = member[at..at + 12].to_vec();
+        let mut new = old.clone();
+        new[11] ^= 0x01;
+        edit_in_manifest(&archive, &old, &new)
+    };
+    let edits = [
+        ("key renamed", edit_in_manifest(&archive, b"s-05", b"s-95")),
+        (
+            "header edited",
+            edit_in_manifest(&archive, b"\"e3\"", b"\"x3\""),
+        ),
+        ("created_at edited", created_at),
+    ];
+    let (dir, dst) = empty_store();
+    for (what, bad) in &edits {
+        let err = dst
+            .import(&bad[..], &ImportOptions::default())
+            .expect_err(what);
+        assert!(
+            matches!(err, Error::BadArchive { ref member, .. } if member == MANIFEST),
+            "{what}: {err}"
+        );
+        assert!(err.to_string().contains("checksum does not match"), "{err}");
+        assert_nothing_imported(&dst);
+    }
+    assert!(blob_files(dir.path()).is_empty());
+
+    // The same through the CLI: exit 2, and s-95 serves nothing.
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("renamed.tar");
+    std::fs::write(&file, &edits[0].1).unwrap();
+    let cache = work.path().join("cache");
+    let o = common::run_code(&cache, &["import", file.to_str().unwrap()], b"", 2);
+    let msg = common::stderr(&o);
+    assert!(msg.contains(MANIFEST) && msg.contains("checksum"), "{msg}");
+    common::run_code(&cache, &["get", "src", "s-95"], b"", 1);
+    common::run_code(&cache, &["get", "src", "s-05"], b"", 1);
+}
+
+#[test]
+fn signed_archives_round_trip_and_refuse_forgeries() {
+    let (_d, src) = source();
+    let mut out = Vec::new();
+    let report = src.export(&mut out, &signed(1)).unwrap();
+    assert!(report.signed);
+    let signed_archive = out;
+    let unsigned = export_bytes(&src, &ExportOptions::default());
+    use blobcache::ArchiveIntegrity as I;
+
+    for debug in [format!("{:?}", with_key(7)), format!("{:?}", signed(7))] {
+        assert!(debug.contains("sign_key: \"Some(<redacted>)\""), "{debug}");
+        assert!(!debug.contains("7, 7"), "{debug}");
+    }
+    let (_e, dst) = empty_store();
+    let r = dst.import(&signed_archive[..], &with_key(1)).unwrap();
+    assert_eq!((r.imported, r.integrity), (12, I::SignatureVerified));
+    assert_eq!(metas(&dst), metas(&src));
+    // Without a key: the checksum is checked, the signature is not.
+    let (_f, nokey) = empty_store();
+    let r = nokey
+        .import(&signed_archive[..], &ImportOptions::default())
+        .unwrap();
+    assert_eq!((r.imported, r.integrity), (12, I::SignatureNotChecked));
+
+    let member = member_of(&signed_archive);
+    let body = body_of(&member);
+    let mac = sealed_field(&member, "mac").unwrap();
+    let forged_body = {
+        let at = body.windows(4).position(|w| w == b"s-05").unwrap();
+        let mut b = body.clone();
+        b[at + 2] = b'9';
+        b
+    };
+    // Edited by someone without the key, who recomputed the checksum.
+    let forged = with_member(&signed_archive, &reseal(&forged_body, Some(&mac)));
+    // The MAC stripped, checksum recomputed: passes for unsigned.
+    let stripped = with_member(&signed_archive, &reseal(&forged_body, None));
+    let (dir, dst) = empty_store();
+    let cases: [(&str, &[u8], ImportOptions); 4] = [
+        ("wrong key", &signed_archive, with_key(2)),
+        ("forged", &forged, with_key(1)),
+        ("unsigned", &unsigned, with_key(1)),
+        ("mac stripped", &stripped, with_key(1)),
+    ];
+    for (what, archive, opts) in cases {
+        let err = dst.import(archive, &opts).expect_err(what);
+        let right = match what {
+            "wrong key" | "forged" => matches!(err, Error::ForgedArchive),
+            _ => matches!(err, Error::UnsignedArchive { format: 2 }),
+        };
+        assert!(right, "{what}: {err}");
+        assert!(
+            err.to_string().contains("nothing from it was imported"),
+            "{err}"
+        );
+        assert_nothing_imported(&dst);
+    }
+    assert!(blob_files(dir.path()).is_empty());
+    // Without the key, a re-checksummed edit cannot be told from an
+    // export: that is what the key is for.
+    let r = dst.import(&forged[..], &ImportOptions::default()).unwrap();
+    assert_eq!(r.integrity, I::SignatureNotChecked);
+    assert!(dst.get_stale("src", "s-95").unwrap().is_some());
+}
+
+#[test]
+fn signed_archives_through_the_cli() {
+    let (d, src) = source();
+    drop(src);
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("ci.key");
+    let hex = "5a".repeat(32);
+    std::fs::write(&key, format!("{hex}\n")).unwrap();
+    let other = work.path().join("other.key");
+    std::fs::write(&other, [0x33u8; 32]).unwrap();
+    let archive = work.path().join("cache.tar");
+    let (key_s, other_s, archive_s) = (
+        key.to_str().unwrap(),
+        other.to_str().unwrap(),
+        archive.to_str().unwrap(),
+    );
+    let o = common::run_code(
+        d.path(),
+        &["-vvv", "export", archive_s, "--sign-key-file", key_s],
+        b"",
+        0,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        common::stderr(&o)
+    );
+    assert!(text.contains("signed archive"), "{text}");
+    assert!(!text.contains(&hex), "the key must not be logged");
+
+    // The key from the environment; the report says it was verified.
+    let cache = work.path().join("signed");
+    let mut c = common::cli(&cache);
+    c.args(["--json", "import", archive_s])
+        .env("BLOBCACHE_SIGN_KEY_FILE", &key);
+    let o = common::run_cmd(c, b"");
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["integrity"], "signature_verified");
+    assert_eq!(json["imported"], 12);
+
+    // Another key: refused, exit 2, nothing imported.
+    let cache2 = work.path().join("refused");
+    let o = common::run_code(
+        &cache2,
+        &["import", archive_s, "--sign-key-file", other_s],
+        b"",
+        2,
+    );
+    assert!(
+        common::stderr(&o).contains("signature does not match"),
+        "{}",
+        common::stderr(&o)
+    );
+    common::run_code(&cache2, &["get", "src", "s-05"], b"", 1);
+    // An unsigned archive with a key: refused.
+    let plain = work.path().join("plain.tar");
+    common::run_code(d.path(), &["export", plain.to_str().unwrap()], b"", 0);
+    let o = common::run_code(
+        &cache2,
+        &["import", plain.to_str().unwrap(), "--sign-key-file", key_s],
+        b"",
+        2,
+    );
+    assert!(
+        common::stderr(&o).contains("not signed"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(blob_files(&cache2).is_empty());
+    // Without a key: imported, and the line says the signature was not
+    // checked.
+    let o = common::run_code(&cache2, &["import", archive_s], b"", 0);
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.contains("signature was not checked"), "{line}");
+
+    // An empty variable is an error, not "no key".
+    let mut c = common::cli(&cache2);
+    c.args(["import", archive_s])
+        .env("BLOBCACHE_SIGN_KEY_FILE", "");
+    assert_eq!(common::code(&common::run_cmd(c, b"")), 2);
+
+    // Key files that are not keys: a clear error, no archive written.
+    for (name, bytes) in [
+        ("short.key", vec![1u8; 31]),
+        ("long.key", vec![1u8; 33]),
+        ("zero.key", vec![0u8; 32]),
+        ("text.key", b"my secret passphrase".to_vec()),
+    ] {
+        let path = work.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = work.path().join(format!("{name}.tar"));
+        let o = common::run_code(
+            d.path(),
+            &[
+                "export",
+                out.to_str().unwrap(),
+                "--sign-key-file",
+                path.to_str().unwrap(),
+            ],
+            b"",
+            2,
+        );
+        let msg = common::stderr(&o);
+        assert!(
+            msg.contains("signing key file") && msg.contains(name),
+            "{msg}"
+        );
+        assert!(!msg.contains("my secret"), "{msg}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn format_1_archives_still_import_unchecked_but_never_with_a_key() {
+    // Written by the build before format 2 (the fuzz seed `export-newer`).
+    let v1 = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/archive-v1.tar"
+    ))
+    .unwrap();
+    let head: ciborium::Value = ciborium::from_reader(&member_of(&v1)[..]).unwrap();
+    let format = head
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("format"))
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(format, ciborium::Value::Integer(1.into()));
+
+    let (_e, dst) = empty_store();
+    let err = dst.import(&v1[..], &with_key(1)).unwrap_err();
+    assert!(matches!(err, Error::UnsignedArchive { format: 1 }), "{err}");
+    assert_nothing_imported(&dst);
+    let r = dst.import(&v1[..], &ImportOptions::default()).unwrap();
+    assert_eq!(
+        (r.imported, r.integrity),
+        (5, blobcache::ArchiveIntegrity::Unchecked)
+    );
+    assert!(dst.get_stale("tmdb", "movie/603").unwrap().is_some());
+    assert_clean(&dst);
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("v1.tar");
+    std::fs::write(&file, &v1).unwrap();
+    let o = common::run_code(
+        &work.path().join("c"),
+        &["import", file.to_str().unwrap()],
+        b"",
+        0,
+    );
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        line.contains("format 1") && line.contains("not checked"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_refused_import_leaves_no_blob_files_behind() {
+    let (_d, src) = source();
+    let archive = export_bytes(&src, &ExportOptions::default());
+    // The cache already holds one of the archive's blobs, and one of its own.
+    let (dir, dst) = empty_store();
+    dst.put("src", "s-04", &noise(4, 20_004), &PutOptions::new())
+        .unwrap();
+    dst.put("mine", "x", &noise(99, 30_000), &PutOptions::new())
+        .unwrap();
+    let before = blob_files(dir.path());
+    assert_eq!(before.len(), 2);
+
+    // The last blob member damaged, or cut short: every blob before it
+    // was verified and linked in.
+    let (last, pos, size) = members(&archive).last().unwrap().clone();
+    assert!(last.starts_with("blobs/"));
+    let mut flipped = archive.clone();
+    flipped[(pos + size / 2) as usize] ^= 0x10;
+    let cut = archive[..(pos + size / 2) as usize].to_vec();
+    for (what, bad) in [("damaged", flipped), ("truncated", cut)] {
+        let err = dst
+            .import(&bad[..], &ImportOptions::default())
+            .expect_err(what);
+        assert!(
+            matches!(err, Error::BadArchive { ref member, .. } if *member == last),
+            "{err}"
+        );
+        assert_eq!(
+            blob_files(dir.path()),
+            before,
+            "{what}: orphan blob files left"
+        );
+        assert_eq!(
+            dst.get("src", "s-04").unwrap().unwrap().data,
+            noise(4, 20_004)
+        );
+        assert_eq!(
+            dst.get("mine", "x").unwrap().unwrap().data,
+            noise(99, 30_000)
+        );
+        assert_eq!(dst.stats().unwrap().entries, 2);
+        assert_clean(&dst);
+    }
+    // The whole archive then imports.
+    let r = dst.import(&archive[..], &ImportOptions::default()).unwrap();
+    assert_eq!((r.imported, r.skipped), (11, 1)); // s-04 here is newer
+    assert_eq!(blob_files(dir.path()).len(), 11);
+    assert_clean(&dst);
+}
+
+#[test]
+fn a_refused_import_keeps_a_blob_file_a_concurrent_put_took_up() {
+    let (_d, src) = source();
+    let archive = export_bytes(&src, &ExportOptions::default());
+    let payloads: Vec<Vec<u8>> = (0..10u64).map(|i| noise(i, 20_000 + i as usize)).collect();
+    let all = members(&archive);
+    let first = all[1].0.clone();
+    let taken = payloads
+        .iter()
+        .find(|p| {
+            let h = blake3::hash(p).to_hex().to_string();
+            first == format!("blobs/{}/{}", &h[..2], &h[2..])
+        })
+        .unwrap()
+        .clone();
+    let (last, pos, size) = all.last().unwrap().clone();
+    let mut bad = archive.clone();
+    bad[(pos + size / 2) as usize] ^= 0x10;
+
+    // Right after the import linked its first blob file in, a put of the
+    // same content finds that file in place and references it (the claim
+    // then fails, and the put refreshed the file's mtime: either keeps it).
+    let (dir, dst) = empty_store();
+    let (writer, body) = (dst.clone(), taken.clone());
+    let opts = ImportOptions::default().progress(move |p| {
+        if p.blobs_done == 1 {
+            let r = writer
+                .put("mine", "same", &body, &PutOptions::new())
+                .unwrap();
+            assert!(r.deduplicated, "the put should reuse the imported file");
+        }
+    });
+    let err = dst.import(&bad[..], &opts).unwrap_err();
+    assert!(
+        matches!(err, Error::BadArchive { ref member, .. } if *member == last),
+        "{err}"
+    );
+    assert_eq!(dst.get("mine", "same").unwrap().unwrap().data, taken);
+    assert_eq!(blob_files(dir.path()).len(), 1, "only the put's file stays");
+    assert_clean(&dst);
 }

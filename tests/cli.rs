@@ -975,7 +975,14 @@ fn fill_for_export(d: &Path) -> Vec<(&'static str, &'static str, Vec<u8>)> {
 }
 
 /// The fields of `export --json`.
-const EXPORT_FIELDS: &[&str] = &["entries", "skipped", "blobs", "blob_bytes", "archive_bytes"];
+const EXPORT_FIELDS: &[&str] = &[
+    "entries",
+    "skipped",
+    "blobs",
+    "blob_bytes",
+    "archive_bytes",
+    "signed",
+];
 
 /// The fields of `import --json`.
 const IMPORT_FIELDS: &[&str] = &[
@@ -989,6 +996,7 @@ const IMPORT_FIELDS: &[&str] = &[
     "bytes_skipped",
     "blobs_rejected",
     "bytes_rejected",
+    "integrity",
 ];
 
 #[test]

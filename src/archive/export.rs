@@ -1,5 +1,5 @@
-//! Writing an archive: the manifest, then each needed blob once, copied
-//! as stored.
+//! Writing an archive: the sealed manifest, then each needed blob once,
+//! copied as stored.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::{
     ARCHIVE_FORMAT_VERSION, ExportOptions, ExportReport, MANIFEST_NAME, Manifest, ManifestBlob,
-    ManifestEntry, PAGE, Progress, member_name, report_progress,
+    ManifestEntry, PAGE, Progress, member_name, report_progress, seal,
 };
 use crate::blobs::{BlobHash, CHUNK};
 use crate::clock::system_time_ms;
@@ -83,6 +83,7 @@ impl Store {
         let mut report = ExportReport {
             entries: manifest.entries,
             skipped,
+            signed: opts.sign_key.is_some(),
             ..ExportReport::default()
         };
         let mut progress = Progress {
@@ -93,7 +94,7 @@ impl Store {
         {
             let mut tar = tar::Builder::new(&mut counted);
             let mtime = manifest.created_at / 1000;
-            let bytes = to_cbor(&manifest);
+            let bytes = seal::seal(manifest.format, to_cbor(&manifest), opts.sign_key.as_ref());
             append(
                 &mut tar,
                 MANIFEST_NAME,
@@ -236,6 +237,16 @@ impl Store {
                 .metadata()
                 .map_err(|e| Error::io("inspect", &path, e))?
                 .len();
+            if len != blob.stored_size {
+                // Recompressed by GC since the manifest listed it: the
+                // member must have the listed size, or import refuses it.
+                let e = io::Error::other(format!(
+                    "it changed size while exporting ({} bytes listed, {len} now; \
+                     recompressed by gc?); run the export again",
+                    blob.stored_size
+                ));
+                return Err(Error::io("read blob for export", path, e));
+            }
             (path, Box::new(file), len)
         };
         let mut exact = Exact {

@@ -1,18 +1,21 @@
-//! Reading an archive: manifest, then blobs (verified, staged, linked),
-//! then the records, in journaled batches.
+//! Reading an archive: manifest (checksum and signature checked first),
+//! then blobs (verified, staged, linked), then the records, in journaled
+//! batches. A refused import takes back the blob files it linked in.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_bytes::ByteBuf;
 
+use super::seal::{self, ArchiveIntegrity, SignKey, Unsealed};
 use super::{
     ARCHIVE_FORMAT_VERSION, ImportOptions, ImportReport, MANIFEST_NAME, MAX_MANIFEST, Manifest,
-    ManifestBlob, ManifestEntry, ManifestHead, Progress, member_hash, member_name, report_progress,
+    ManifestBlob, ManifestEntry, ManifestHead, Progress, SEALED_FORMAT, member_hash, member_name,
+    report_progress,
 };
-use crate::blobs::{BlobHash, ImportBlobError, Scratch, StoredBlob, copy_verified};
+use crate::blobs::{BlobHash, ImportBlobError, Scratch, StoredBlob, Written, copy_verified};
 use crate::error::{Error, Result};
 use crate::index::{ImportItem, Op, Outcome};
 use crate::key;
@@ -55,6 +58,9 @@ struct Session<'a> {
     /// stays bounded however many there are.
     pack: Option<Scratch>,
     pack_len: u64,
+    /// Blob files this import linked in (none was there before), with the
+    /// mtime each had then: taken back if the import is refused.
+    linked: Vec<(BlobHash, SystemTime)>,
     report: ImportReport,
     progress: Progress,
 }
@@ -68,13 +74,18 @@ fn bad(member: &str, reason: impl Into<String>) -> Error {
 
 impl Store {
     /// Imports an archive written by [`Store::export`], streaming it in
-    /// bounded memory. Each blob is verified (decoded and its blake3
-    /// compared with its name) before it is linked into the cache; blobs
-    /// the cache already holds are skipped. Records are applied, per key as
-    /// [`ImportOptions::merge`] says, only once the whole archive has been
-    /// read: a truncated, damaged, unsafe (`../x`, absolute paths, links,
-    /// devices) or newer-format archive returns an error naming the member
-    /// or key and imports nothing visible.
+    /// bounded memory. The manifest's checksum (and, with
+    /// [`ImportOptions::sign_key`], its signature) is checked first. Each
+    /// blob must be listed in the manifest, once, with its listed size, and
+    /// is verified (decoded and its blake3 compared with its name) before
+    /// it is linked into the cache; blobs the cache already holds are
+    /// skipped. Records are applied, per key as [`ImportOptions::merge`]
+    /// says, only once the whole archive has been read: a truncated,
+    /// damaged, edited, unsafe (`../x`, absolute paths, links, devices),
+    /// forged or newer-format archive returns an error naming the member or
+    /// key and imports nothing visible; the blob files it had linked in and
+    /// no entry references are removed again (unless a GC sweep is running
+    /// then: GC removes them later).
     ///
     /// See [`Store::export`] for an example.
     pub fn import(&self, reader: impl Read, opts: &ImportOptions) -> Result<ImportReport> {
@@ -82,19 +93,25 @@ impl Store {
         let mut members = archive
             .entries()
             .map_err(|e| bad(MANIFEST_NAME, format!("the archive cannot be read: {e}")))?;
-        let manifest = read_manifest(&mut members)?;
+        let (manifest, integrity) = read_manifest(&mut members, opts.sign_key.as_ref())?;
         let mut s = Session::new(self, opts, &manifest)?;
-        let candidates = s.plan(&manifest.records)?;
-        report_progress(&opts.progress, &s.progress);
-        s.receive(&mut members)?;
-        s.check_complete(&manifest)?;
-        s.apply(&manifest, &candidates)?;
-        Ok(s.report)
+        s.report.integrity = integrity;
+        match s.run(&mut members, &manifest) {
+            Ok(()) => Ok(s.report),
+            Err(e) => {
+                s.take_back();
+                Err(e)
+            }
+        }
     }
 }
 
-/// Reads and checks the first member.
-fn read_manifest<R: Read>(members: &mut tar::Entries<'_, R>) -> Result<Manifest> {
+/// Reads and checks the first member: the manifest, and what could be
+/// checked of it.
+fn read_manifest<R: Read>(
+    members: &mut tar::Entries<'_, R>,
+    key: Option<&SignKey>,
+) -> Result<(Manifest, ArchiveIntegrity)> {
     let Some(first) = members.next() else {
         return Err(bad(MANIFEST_NAME, "the archive is empty"));
     };
@@ -132,15 +149,20 @@ fn read_manifest<R: Read>(members: &mut tar::Entries<'_, R>) -> Result<Manifest>
             ),
         ));
     }
+    let (body, integrity) = open_manifest(bytes, key)?;
     let unreadable = |e: String| bad(MANIFEST_NAME, format!("it is not a readable manifest: {e}"));
-    let head: ManifestHead = from_cbor(&bytes).map_err(unreadable)?;
-    if head.format > ARCHIVE_FORMAT_VERSION {
-        return Err(Error::NewerArchive {
-            found: head.format,
-            supported: ARCHIVE_FORMAT_VERSION,
-        });
+    let manifest: Manifest = from_cbor(&body).map_err(unreadable)?;
+    let expected = match integrity {
+        ArchiveIntegrity::Unchecked => 1,
+        _ => SEALED_FORMAT,
+    };
+    if manifest.format != expected {
+        let reason = format!(
+            "it says format {} inside a format {expected} archive",
+            manifest.format
+        );
+        return Err(bad(MANIFEST_NAME, reason));
     }
-    let manifest: Manifest = from_cbor(&bytes).map_err(unreadable)?;
     if manifest.entries != manifest.records.len() as u64 {
         return Err(bad(
             MANIFEST_NAME,
@@ -151,7 +173,44 @@ fn read_manifest<R: Read>(members: &mut tar::Entries<'_, R>) -> Result<Manifest>
             ),
         ));
     }
-    Ok(manifest)
+    Ok((manifest, integrity))
+}
+
+/// The manifest's bytes out of the first member's, after the checks its
+/// format allows: the checksum, and the signature when `key` is given.
+fn open_manifest(bytes: Vec<u8>, key: Option<&SignKey>) -> Result<(Vec<u8>, ArchiveIntegrity)> {
+    let head: ManifestHead = from_cbor(&bytes)
+        .map_err(|e| bad(MANIFEST_NAME, format!("it is not a readable manifest: {e}")))?;
+    match head.format {
+        f if f > ARCHIVE_FORMAT_VERSION => Err(Error::NewerArchive {
+            found: f,
+            supported: ARCHIVE_FORMAT_VERSION,
+        }),
+        1 if key.is_some() => Err(Error::UnsignedArchive { format: 1 }),
+        1 => {
+            log::warn!(
+                "importing an archive of format 1, which has no checksum: its manifest was \
+                 not checked (its blobs are); export it again to get a checked archive"
+            );
+            Ok((bytes, ArchiveIntegrity::Unchecked))
+        }
+        SEALED_FORMAT => match seal::unseal(&bytes, key) {
+            Ok((body, integrity)) => {
+                if integrity == ArchiveIntegrity::SignatureNotChecked {
+                    log::info!(
+                        "the archive is signed; no key was given, so the signature was not checked"
+                    );
+                }
+                Ok((body, integrity))
+            }
+            Err(Unsealed::Damaged(reason)) => Err(bad(MANIFEST_NAME, reason)),
+            Err(Unsealed::Refused(e)) => Err(e),
+        },
+        f => Err(bad(
+            MANIFEST_NAME,
+            format!("it says format {f}, which no blobcache writes: it is damaged"),
+        )),
+    }
 }
 
 /// The member's name, if it is a regular file with a safe path.
@@ -207,12 +266,47 @@ impl<'a> Session<'a> {
             seen: HashSet::new(),
             pack: None,
             pack_len: 0,
+            linked: Vec::new(),
             report: ImportReport {
                 entries: manifest.entries,
                 ..ImportReport::default()
             },
             progress,
         })
+    }
+
+    /// Everything after the manifest: plan, blobs, records.
+    fn run<R: Read>(
+        &mut self,
+        members: &mut tar::Entries<'_, R>,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let candidates = self.plan(&manifest.records)?;
+        report_progress(&self.opts.progress, &self.progress);
+        self.receive(members)?;
+        self.check_complete(manifest)?;
+        self.apply(manifest, &candidates)
+    }
+
+    /// After a refused import: removes the blob files it linked in that no
+    /// entry references (see [`Store::reclaim_linked`]).
+    fn take_back(&mut self) {
+        if self.linked.is_empty() {
+            return;
+        }
+        let linked = std::mem::take(&mut self.linked);
+        match self.store.reclaim_linked(&linked) {
+            Ok(Some(n)) => log::debug!("refused import: removed {n} blob files it had linked in"),
+            Ok(None) => log::info!(
+                "refused import: a GC sweep is running, so the {} blob files it linked in \
+                 are left to GC",
+                linked.len()
+            ),
+            Err(e) => log::warn!(
+                "refused import: could not remove the blob files it linked in ({e}); \
+                 `blobcache gc` removes them later"
+            ),
+        }
     }
 
     /// Checks every record and picks those the merge policy takes now
@@ -279,9 +373,19 @@ impl<'a> Session<'a> {
             let Some(desc) = self.table.get(&hash).cloned() else {
                 return Err(bad(&name, "this blob is not listed in the manifest"));
             };
+            if !self.seen.insert(hash) {
+                return Err(bad(&name, "this blob appears twice in the archive"));
+            }
             let size = m.size();
+            if size != desc.stored_size {
+                let reason = format!(
+                    "it holds {size} bytes but the manifest lists {}: the archive is damaged or was edited",
+                    desc.stored_size
+                );
+                return Err(bad(&name, reason));
+            }
             let wanted = matches!(self.needs.get(&hash), Some(Need::Wanted));
-            if self.seen.insert(hash) && wanted {
+            if wanted {
                 self.take_blob(&mut m, &name, &desc, size)?;
             } else {
                 self.report.blobs_skipped += 1;
@@ -313,13 +417,13 @@ impl<'a> Session<'a> {
         let placed = if size <= inline_max {
             self.take_inline(src, &want)
         } else {
-            self.store
-                .blob_store()
-                .import_stored(src, &want)
-                .map(|w| Need::Placed {
+            self.store.blob_store().import_stored(src, &want).map(|w| {
+                self.note_linked(&w);
+                Need::Placed {
                     info: self.blob_info(&want, false, w.stored_size, w.disk_bytes),
                     inline: None,
-                })
+                }
+            })
         };
         let need = match placed {
             Ok(need) => {
@@ -353,6 +457,23 @@ impl<'a> Session<'a> {
         };
         self.needs.insert(desc.hash, need);
         Ok(())
+    }
+
+    /// Remembers a file this import put in place (not one that was there).
+    fn note_linked(&mut self, w: &Written) {
+        if w.existed {
+            return;
+        }
+        let mtime = self
+            .store
+            .blob_store()
+            .file_meta(&w.hash)
+            .and_then(|m| m.modified());
+        match mtime {
+            Ok(t) => self.linked.push((w.hash, t)),
+            // Not removable safely without it: left to GC.
+            Err(e) => log::debug!("blob {} linked by import: no mtime ({e})", w.hash),
+        }
     }
 
     /// Verifies a small blob into memory and parks it in the pack file.

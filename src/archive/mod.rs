@@ -3,26 +3,37 @@
 //!
 //! An archive is a plain tar stream (`tar tf` lists it):
 //!
-//! 1. `blobcache-manifest.cbor`: the manifest, a CBOR map holding the
-//!    archive format version ([`ARCHIVE_FORMAT_VERSION`]), the creation
-//!    time, the entry count, the table of blobs (hash, codec, sizes) and
-//!    every entry's key and record (TTLs as absolute expiry times);
+//! 1. `blobcache-manifest.cbor`: the sealed manifest (see `seal.rs`): the
+//!    manifest proper, a CBOR map holding the archive format version
+//!    ([`ARCHIVE_FORMAT_VERSION`]), the creation time, the entry count,
+//!    the table of blobs (hash, codec, sizes) and every entry's key and
+//!    record (TTLs as absolute expiry times); with a blake3 checksum over
+//!    it, and, when exported with a [`SignKey`], a keyed-blake3 MAC;
 //! 2. `blobs/ab/cdef…`: each blob the entries need, once, as its stored
 //!    bytes (a zstd frame or raw bytes, exactly as the cache keeps them,
 //!    inline blobs included), copied without recompression.
 //!
-//! Import streams the archive: each blob is copied to a staging file while
-//! it is decoded and its blake3 checked against its name, and only then
-//! linked into place (blobs already present are skipped). Records are
-//! applied only after the whole archive has been read and every blob they
-//! need is in place, so a truncated, damaged, unsafe or newer-format
-//! archive imports nothing visible (at most orphan blobs that GC removes).
+//! Import checks the checksum (and, given a key, the MAC) before it reads
+//! anything else; format 1 archives, which have no checksum, still import
+//! without a key, reported as [`ArchiveIntegrity::Unchecked`]. It then
+//! streams the archive: each blob member must be listed, once, with the
+//! listed size; it is copied to a staging file while it is decoded and its
+//! blake3 checked against its name, and only then linked into place (blobs
+//! already present are skipped). Records are applied only after the whole
+//! archive has been read and every listed blob was there, so a truncated,
+//! damaged, unsafe, forged or newer-format archive imports nothing
+//! visible; the blob files it had linked in and no entry references are
+//! removed again before the error is returned (with the sweeper's claim,
+//! see `gc.rs`; left to GC while a sweep runs).
 //! Records are applied in batches of [`crate::index::Op::Import`], each one
 //! journal frame: a crash during that last phase leaves whole batches
 //! applied, and importing the same archive again completes it.
 
 mod export;
 mod import;
+mod seal;
+
+pub use seal::{ArchiveIntegrity, SignKey};
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,7 +51,11 @@ use crate::store::Store;
 
 /// Version of the archive format written by this build; archives of a
 /// newer version are refused with [`crate::Error::NewerArchive`].
-pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
+/// Version 2 added the checksum and the optional signature; version 1
+/// archives still import (unchecked, and only without a key).
+pub const ARCHIVE_FORMAT_VERSION: u32 = 2;
+/// The first version with a sealed (checksummed) manifest.
+const SEALED_FORMAT: u32 = 2;
 
 /// Name of the manifest member, always the first one.
 const MANIFEST_NAME: &str = "blobcache-manifest.cbor";
@@ -121,6 +136,14 @@ fn debug_progress(p: &Option<ProgressFn>) -> &'static str {
     }
 }
 
+fn debug_key(k: &Option<SignKey>) -> &'static str {
+    if k.is_some() {
+        "Some(<redacted>)"
+    } else {
+        "None"
+    }
+}
+
 /// Which entries [`Store::export`] writes.
 ///
 /// ```
@@ -143,6 +166,7 @@ pub struct ExportOptions {
     pub(crate) since: Option<Duration>,
     pub(crate) accessed_since: Option<SystemTime>,
     pub(crate) progress: Option<ProgressFn>,
+    pub(crate) sign_key: Option<SignKey>,
 }
 
 impl fmt::Debug for ExportOptions {
@@ -153,6 +177,7 @@ impl fmt::Debug for ExportOptions {
             .field("since", &self.since)
             .field("accessed_since", &self.accessed_since)
             .field("progress", &debug_progress(&self.progress))
+            .field("sign_key", &debug_key(&self.sign_key))
             .finish()
     }
 }
@@ -190,6 +215,14 @@ impl ExportOptions {
         self.progress = Some(Arc::new(f));
         self
     }
+
+    /// Signs the archive with `key`: a keyed-blake3 MAC over the manifest,
+    /// which lists every blob's hash. An import given the same key accepts
+    /// only archives signed with it (default: unsigned, checksum only).
+    pub fn sign_key(mut self, key: SignKey) -> Self {
+        self.sign_key = Some(key);
+        self
+    }
 }
 
 /// How [`Store::import`] merges an archive.
@@ -213,6 +246,7 @@ pub struct ImportOptions {
     pub(crate) ttl_shift: bool,
     pub(crate) skip_damaged: bool,
     pub(crate) progress: Option<ProgressFn>,
+    pub(crate) sign_key: Option<SignKey>,
 }
 
 impl fmt::Debug for ImportOptions {
@@ -222,6 +256,7 @@ impl fmt::Debug for ImportOptions {
             .field("ttl_shift", &self.ttl_shift)
             .field("skip_damaged", &self.skip_damaged)
             .field("progress", &debug_progress(&self.progress))
+            .field("sign_key", &debug_key(&self.sign_key))
             .finish()
     }
 }
@@ -256,6 +291,17 @@ impl ImportOptions {
         self.progress = Some(Arc::new(f));
         self
     }
+
+    /// Accepts only archives signed with `key`: an unsigned archive fails
+    /// with [`crate::Error::UnsignedArchive`], one edited after signing or
+    /// signed with another key with [`crate::Error::ForgedArchive`], before
+    /// anything is imported. Without a key, a signed archive imports after
+    /// its checksum is checked, reported as
+    /// [`ArchiveIntegrity::SignatureNotChecked`].
+    pub fn sign_key(mut self, key: SignKey) -> Self {
+        self.sign_key = Some(key);
+        self
+    }
 }
 
 /// What [`Store::export`] wrote. Serializes (serde) for
@@ -273,6 +319,8 @@ pub struct ExportReport {
     pub blob_bytes: u64,
     /// Bytes of the whole archive.
     pub archive_bytes: u64,
+    /// True when the archive was signed ([`ExportOptions::sign_key`]).
+    pub signed: bool,
 }
 
 /// What [`Store::import`] did. Serializes (serde) for
@@ -300,9 +348,12 @@ pub struct ImportReport {
     pub blobs_rejected: u64,
     /// Their stored bytes.
     pub bytes_rejected: u64,
+    /// What was checked of the manifest: checksum, signature.
+    pub integrity: ArchiveIntegrity,
 }
 
-/// The first member of an archive.
+/// The manifest proper (in format 1, the first member itself; from
+/// format 2 on, sealed in it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Manifest {
     format: u32,

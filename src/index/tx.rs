@@ -99,8 +99,9 @@ pub enum Op {
         keys: Vec<(ByteBuf, u64)>,
     },
     /// The sweeper claims a file blob for deletion: a `Live` blob with no
-    /// references, or one the index does not know (an orphan file),
-    /// becomes `Deleting`. Answers `Applied(true)` when the claim holds;
+    /// references, one the index does not know (an orphan file), or a
+    /// `Gone` one (whose file a refused import put back), becomes
+    /// `Deleting`. Answers `Applied(true)` when the claim holds;
     /// puts that need the blob then wait and write its file again.
     ClaimBlob {
         /// The blob.
@@ -574,6 +575,15 @@ impl<'a> Tx<'a> {
                     ..info
                 }
             }
+            // Deleted already, and its file put back by an import that was
+            // then refused: claimed again, with a later `since`, so a
+            // writer that re-checked the file against the old one checks
+            // it once more.
+            Some((info, _)) if info.state == BlobState::Gone => BlobInfo {
+                state: BlobState::Deleting,
+                since: at.max(info.since.saturating_add(1)),
+                ..info
+            },
             Some(_) => return Err(TxError::Unchanged(Outcome::Applied(false))),
         };
         self.set_blob_info(hash, &claimed);
