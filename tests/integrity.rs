@@ -342,17 +342,7 @@ fn verify_of_a_300_mib_blob_stays_bounded_in_memory() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // VmHWM only grows: the last sample before exit is the peak so far.
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let (status, peak) = wait_sampling_peak_rss(&mut child);
     assert!(status.success(), "verify of an intact cache is clean");
     assert!(peak > 0, "the child's status was sampled");
     // The payload is 300 MiB; a streaming check needs a few MiB of
@@ -379,16 +369,7 @@ fn get_of_a_300_mib_blob_to_a_pipe_stays_bounded_in_memory() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let reader = thread::spawn(move || hash_reader(BufReader::new(stdout)).unwrap());
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let (status, peak) = wait_sampling_peak_rss(&mut child);
     assert!(status.success());
     let (hash, n) = reader.join().unwrap();
     let (want, _) = hash_reader(GenReader::new(14, len)).unwrap();
@@ -502,4 +483,19 @@ fn a_full_verify_reports_payload_bytes_as_it_streams_a_large_blob() {
     }));
     store.verify(opts).unwrap();
     assert_eq!(quiet.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// Waits for `child`, sampling its peak resident set (KiB) until it exits.
+/// VmHWM only grows: the last sample before exit is the peak so far.
+fn wait_sampling_peak_rss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
 }
