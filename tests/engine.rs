@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobcache::engine::{Engine, EngineOptions, HeaderSet, PutMeta};
+use blobcache::engine::{Engine, EngineOptions, HeaderSet, PutMeta, SweepOptions};
 use blobcache::pack::{PackDir, ReadMode, scan_file};
 use blobcache::testkit::storage_payload as payload;
 use blobcache::{Durability, Error, ManualClock};
@@ -629,4 +629,180 @@ fn a_compaction_killed_at_any_point_loses_nothing() {
         }
         assert_eq!(e.stats().unwrap().corrupt_reads, 0, "round {round}");
     }
+}
+
+fn blob_file_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for fan in std::fs::read_dir(dir.join("blobs")).unwrap() {
+        let fan = fan.unwrap().path();
+        if !fan.is_dir() {
+            continue;
+        }
+        n += std::fs::read_dir(&fan)
+            .unwrap()
+            .filter(|f| {
+                let name = f.as_ref().unwrap().file_name();
+                name.to_str().is_some_and(|n| n.len() == 62)
+            })
+            .count();
+    }
+    n
+}
+
+fn sweep_now() -> SweepOptions {
+    SweepOptions {
+        safety_window: Duration::ZERO,
+        ..SweepOptions::default()
+    }
+}
+
+#[test]
+fn a_sweep_purges_expired_entries_frees_unnamed_blob_files_and_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let opts = EngineOptions::new()
+        .clock(clock.clone())
+        .max_pack_bytes(64 * 1024);
+    let e = Engine::open(dir.path(), opts.clone()).unwrap();
+    // Entries 0..240: three in four live 1 h (and 161), the others 100 h.
+    // 41, 101, 161 and 221 are blob files (700 KiB): 101 is deleted and
+    // 161 expires, so nobody names their files after the sweep.
+    let expires = |i: u64| i % 4 != 1 || i == 161;
+    let ttl = |i: u64| Duration::from_secs(if expires(i) { 3600 } else { 360_000 });
+    for i in 0..240u64 {
+        let m = PutMeta {
+            ttl: Some(ttl(i)),
+            ..meta()
+        };
+        e.put("tmdb", sig(i), &payload(i), &m).unwrap();
+    }
+    assert!(e.delete("tmdb", sig(101)).unwrap());
+    let files_before = blob_file_count(dir.path());
+    assert!(files_before >= 4, "{files_before} blob files");
+    std::fs::create_dir_all(dir.path().join("blobs/zz")).unwrap();
+    std::fs::write(dir.path().join("blobs/zz/notes.txt"), b"not ours").unwrap();
+    let packs_before = pack_count(dir.path());
+    clock.advance(Duration::from_secs(2 * 3600));
+
+    let report = e.sweep(&sweep_now()).unwrap().expect("no other sweep");
+    assert_eq!(report.expired, 181, "{report:?}");
+    assert_eq!(report.blob_files_removed, 2, "101 and 161: {report:?}");
+    let freed = 2;
+    assert!(report.blob_bytes_removed > 0);
+    assert_eq!(blob_file_count(dir.path()), files_before - freed);
+    assert!(report.compaction.packs_removed > 0, "{report:?}");
+    assert!(pack_count(dir.path()) < packs_before);
+    assert!(
+        dir.path().join("blobs/zz/notes.txt").exists(),
+        "foreign file kept"
+    );
+    let check = |e: &Engine| {
+        for i in 0..240u64 {
+            let hit = e.get_stale("tmdb", sig(i)).unwrap();
+            if expires(i) || i == 101 {
+                assert!(hit.is_none(), "{i} should be gone");
+                continue;
+            }
+            let hit = hit.unwrap_or_else(|| panic!("{i} lost"));
+            assert!(hit.data == payload(i), "{i}: wrong bytes");
+        }
+        assert_eq!(e.stats().unwrap().corrupt_reads, 0);
+    };
+    check(&e);
+    let again = e.sweep(&sweep_now()).unwrap().unwrap();
+    assert_eq!(
+        (again.expired, again.blob_files_removed),
+        (0, 0),
+        "{again:?}"
+    );
+    drop(e);
+    check(&Engine::open(dir.path(), opts).unwrap());
+}
+
+#[test]
+fn grace_and_the_safety_window_keep_what_they_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let e = Engine::open(dir.path(), EngineOptions::new().clock(clock.clone())).unwrap();
+    let m = PutMeta {
+        ttl: Some(Duration::from_secs(60)),
+        ..meta()
+    };
+    e.put("tmdb", "small", &payload(1), &m).unwrap();
+    e.put("tmdb", "big", &payload(41), &meta()).unwrap();
+    assert!(e.delete("tmdb", "big").unwrap());
+    clock.advance(Duration::from_secs(120));
+    let opts = SweepOptions {
+        grace: Duration::from_secs(3600),
+        ..SweepOptions::default()
+    };
+    let report = e.sweep(&opts).unwrap().unwrap();
+    assert_eq!(report.expired, 0, "within grace: {report:?}");
+    assert_eq!(report.blob_files_removed, 0, "file younger than the window");
+    assert!(e.get_stale("tmdb", "small").unwrap().is_some());
+    assert_eq!(blob_file_count(dir.path()), 1);
+}
+
+#[test]
+fn a_sweep_finding_another_sweeper_returns_none_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), EngineOptions::new()).unwrap();
+    e.put("tmdb", "big", &payload(41), &meta()).unwrap();
+    assert!(e.delete("tmdb", "big").unwrap());
+    let held = std::fs::File::open(dir.path().join("locks")).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.path().join("locks/gc.lock"))
+    });
+    let held = held.unwrap();
+    held.try_lock().unwrap();
+    assert!(e.sweep(&sweep_now()).unwrap().is_none());
+    assert_eq!(blob_file_count(dir.path()), 1);
+    drop(held);
+    let report = e.sweep(&sweep_now()).unwrap().unwrap();
+    assert_eq!(report.blob_files_removed, 1);
+    assert_eq!(blob_file_count(dir.path()), 0);
+}
+
+#[test]
+fn blob_file_puts_racing_sweeps_never_lose_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(dir.path(), EngineOptions::new()).unwrap());
+    let big = payload(41);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeper = {
+        let (e, stop) = (e.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sweeps = 0u64;
+            let mut removed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = e.sweep(&sweep_now()).expect("sweep").expect("one sweeper");
+                sweeps += 1;
+                removed += r.blob_files_removed;
+            }
+            (sweeps, removed)
+        })
+    };
+    // The same payload under a new key each round, the old key deleted:
+    // between rounds nobody names the file, so sweeps remove it, and a put
+    // deduplicating onto a file a sweep is about to remove must keep it.
+    for round in 0..150u64 {
+        let key = format!("dump/{round}");
+        e.put("tmdb", &key, &big, &meta()).unwrap();
+        let hit = e.get("tmdb", &key).unwrap();
+        assert!(
+            hit.is_some_and(|h| h.data == big),
+            "round {round} lost its file"
+        );
+        assert!(e.delete("tmdb", &key).unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sweeps, removed) = sweeper.join().unwrap();
+    assert!(
+        sweeps > 0 && removed > 0,
+        "{sweeps} sweeps, {removed} removed"
+    );
+    assert_eq!(e.stats().unwrap().corrupt_reads, 0);
 }

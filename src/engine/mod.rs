@@ -48,12 +48,14 @@ mod dictionaries;
 pub mod headers;
 mod intent;
 mod recovery;
+mod sweep;
 
 pub use compact::CompactReport;
 use dictionaries::Dictionaries;
 pub use headers::HeaderSet;
 use headers::{HeaderSets, Named};
 use intent::{Intent, SET_LEN};
+pub use sweep::{SweepOptions, SweepReport};
 
 /// Payloads larger than this go to blob files (streamed, one file each,
 /// deduplicated by name) instead of pack needles.
@@ -296,11 +298,15 @@ struct Writer {
     /// The last needle written: its pack's watermark is due.
     last: Option<Location>,
     since_mark: u32,
+    /// While a sweep runs: the blob files puts named since it began
+    /// (see `sweep`).
+    sweeping: Option<std::collections::HashSet<BlobHash>>,
 }
 
 /// The v2 storage engine of one cache directory. `Send + Sync`; clone an
 /// `Arc` of it to share between threads.
 pub struct Engine {
+    root: PathBuf,
     index_path: PathBuf,
     opts: EngineOptions,
     db: sled::Db,
@@ -368,6 +374,7 @@ impl Engine {
         );
         blobs.clean_staging(Duration::from_secs(60))?;
         let mut engine = Engine {
+            root: root.to_path_buf(),
             index_path,
             opts,
             db,
@@ -379,6 +386,7 @@ impl Engine {
                 packs,
                 last: None,
                 since_mark: 0,
+                sweeping: None,
             }),
             reader,
             dir,
@@ -507,15 +515,10 @@ impl Engine {
             Some(l) => blobs::choose_stream_codec(payload, l),
             None => Codec::Raw,
         };
-        let staged = self
-            .blobs
-            .write_stream(payload, &mut std::io::empty(), codec, level)
-            .map_err(|e| match e {
-                StreamError::Store(e) => e,
-                StreamError::Source(e) => Error::io("read payload for", &self.index_path, e),
-            })?;
-        let written = &staged.written;
+        let mut staged = self.stage_blob_file(payload, codec, level)?;
         let mut w = self.lock_writer();
+        self.keep_blob_file(&mut w, &mut staged)?;
+        let written = &staged.written;
         let mut writes = 1;
         let record = LeanRecord {
             place: Place::BlobFile {
@@ -536,6 +539,49 @@ impl Engine {
             blob_file: true,
             writes,
         })
+    }
+
+    /// Streams `payload` into a staged blob file linked into place. A
+    /// sweep may remove an existing file of the same content while this
+    /// links onto it (the file is named by nobody yet): that shows as the
+    /// file not found, and the staging is done again, a bounded number of
+    /// times.
+    fn stage_blob_file(&self, payload: &[u8], codec: Codec, level: i32) -> Result<blobs::Staged> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let e = match self
+                .blobs
+                .write_stream(payload, &mut std::io::empty(), codec, level)
+            {
+                Ok(staged) => return Ok(staged),
+                Err(StreamError::Store(e)) => e,
+                Err(StreamError::Source(e)) => {
+                    return Err(Error::io("read payload for", &self.index_path, e));
+                }
+            };
+            let vanished = matches!(&e, Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound);
+            if !vanished || attempt == ATTEMPTS {
+                return Err(e);
+            }
+            log::debug!("a sweep removed a blob file while a put linked it: staging again");
+            attempt += 1;
+        }
+    }
+
+    /// Makes sure the blob file of `staged` is in place before a record
+    /// names it (under the writer lock `w`): a sweep may have removed it
+    /// between the link and the lock, and a sweep running now must keep it.
+    fn keep_blob_file(&self, w: &mut Writer, staged: &mut blobs::Staged) -> Result<()> {
+        let hash = staged.written.hash;
+        if !self.blobs.has_file(&hash) {
+            self.blobs.link_staged(staged)?;
+        }
+        if let Some(named) = w.sweeping.as_mut() {
+            named.insert(hash);
+        }
+        Ok(())
     }
 
     /// The id of `set`, storing it first (a needle, then the index) when
@@ -852,31 +898,65 @@ impl Drop for Engine {
         if let Err(e) = self.flush() {
             log::warn!("closing the engine: {e}");
         }
+        closed_here(&self.index_path, Some(true));
     }
+}
+
+/// Index paths whose engine this process dropped: sled's background
+/// threads let go of its file lock a moment after the last handle, so a
+/// reopen in this process waits for that instead of reporting another
+/// process. (Found by the engine tests under load.)
+static CLOSED_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// How long a reopen in this process waits for its own closing sled.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+fn closed_here(path: &Path, mark: Option<bool>) -> bool {
+    let mut closed = CLOSED_HERE.lock().unwrap_or_else(PoisonError::into_inner);
+    let known = closed.iter().any(|p| p == path);
+    match mark {
+        Some(true) if !known => closed.push(path.to_path_buf()),
+        Some(false) => closed.retain(|p| p != path),
+        _ => {}
+    }
+    known
 }
 
 fn open_sled(path: &Path, opts: &EngineOptions) -> Result<sled::Db> {
     let flush = opts
         .index_flush
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(path)
         .cache_capacity(opts.cache_bytes)
-        .flush_every_ms(flush)
-        .open()
-        .map_err(|e| match e {
-            // sled reports its lock as an `Other` error with this text.
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                Error::index(
-                    path,
-                    format!(
-                        "another process has this cache's v2 index open ({io}); the v2 engine \
-                     admits one process, others will reach it through the owner socket"
-                    ),
-                )
-            }
-            other => Error::index(path, other),
-        })
+        .flush_every_ms(flush);
+    let started = std::time::Instant::now();
+    let mut opened = config.open();
+    while matches!(&opened, Err(e) if is_lock_busy(e))
+        && closed_here(path, None)
+        && started.elapsed() < REOPEN_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        opened = config.open();
+    }
+    let db = opened.map_err(|e| {
+        if !is_lock_busy(&e) {
+            return Error::index(path, e);
+        }
+        let why = format!(
+            "another process has this cache's v2 index open ({e}); the v2 engine admits one \
+             process, others will reach it through the owner socket"
+        );
+        Error::index(path, why)
+    })?;
+    closed_here(path, Some(false));
+    Ok(db)
+}
+
+/// True when sled refused to open because its file lock is taken (sled
+/// reports it as an `Other` error with this text).
+fn is_lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 fn pack_error(e: PackError) -> Error {
