@@ -59,6 +59,7 @@ mod outboard;
 /// used by [`Store`] yet.
 #[doc(hidden)]
 pub mod pack;
+mod policy;
 mod record;
 mod remote;
 mod reserve;
