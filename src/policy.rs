@@ -1,15 +1,48 @@
 //! Plain choices that layers below the store core act on, so that they
-//! need not import the feature that offers them: what an import does with
-//! a key both sides hold ([`MergePolicy`], applied by the index).
+//! need not import the feature or the options that offer them: when a
+//! write counts as done ([`Durability`], for blob files, packs and the
+//! journal), how a cache is shared ([`Sharing`], for `share`), what an
+//! import does with a key both sides hold ([`MergePolicy`], applied by the
+//! index).
 //!
-//! Format layer: it uses `record` only; `archive` and the crate root
-//! re-export its types.
+//! Format layer: it uses `record` only; `options`, `archive` and the
+//! crate root re-export its types.
 
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
+
+/// When a write counts as done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged once the operating system has the data: survives the
+    /// process being killed (`kill -9`), not a power loss in the next few
+    /// seconds.
+    #[default]
+    Buffered,
+    /// Blob files, their directories and the index journal are fsynced
+    /// before a write returns: survives power loss, at the cost of a few
+    /// milliseconds per write.
+    Synced,
+}
+
+/// How a store shares its cache directory with other processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// The first process to open the cache owns the index and serves the
+    /// others over `owner.sock`; every other process is a guest with the
+    /// same API. When the owner goes away a guest takes over.
+    #[default]
+    Shared,
+    /// This process wants the cache to itself: it neither serves nor joins
+    /// an owner. While another process holds the cache, opening waits up to
+    /// the owner timeout for it to let go, then fails with
+    /// [`crate::Error::Locked`]; shared processes likewise wait for an
+    /// exclusive one.
+    Exclusive,
+}
 
 /// What to do when an archived entry's key already holds an entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
