@@ -24,71 +24,12 @@ use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+pub use crate::hash::BlobHash;
+pub(crate) use crate::hash::CHUNK;
 use crate::outboard::{self, Cv, GroupReader, TreeHasher};
 use crate::record::Codec;
-
-/// The blake3 hash of a payload's raw bytes; it names the payload's blob.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobHash(pub [u8; 32]);
-
-impl BlobHash {
-    /// Hashes `data`.
-    pub fn of(data: &[u8]) -> BlobHash {
-        BlobHash(*blake3::hash(data).as_bytes())
-    }
-
-    /// Lower-case hex form (64 characters).
-    pub fn to_hex(&self) -> String {
-        crate::key::hex(&self.0)
-    }
-
-    /// Parses the 64-character hex form.
-    pub fn from_hex(s: &str) -> Option<BlobHash> {
-        let h = blake3::Hash::from_hex(s).ok()?;
-        Some(BlobHash(*h.as_bytes()))
-    }
-}
-
-impl fmt::Display for BlobHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for BlobHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlobHash({})", self.to_hex())
-    }
-}
-
-impl Serialize for BlobHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for BlobHash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = BlobHash;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("32 bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BlobHash, E> {
-                let arr: [u8; 32] = v
-                    .try_into()
-                    .map_err(|_| E::invalid_length(v.len(), &self))?;
-                Ok(BlobHash(arr))
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}
 
 /// Why a blob could not be read. `Missing` and `Corrupt` make the entry a
 /// miss (and heal the index); `Io` is an environmental failure (permissions,
@@ -115,8 +56,6 @@ const MMAP_MIN: u64 = 256 * 1024;
 /// 1 MiB group at a time against their outboard, which blob files above
 /// this size carry (see [`Blobs::open_verified`] and `outboard.rs`).
 pub(crate) const VERIFY_IN_MEMORY_MAX: u64 = 8 * 1024 * 1024;
-/// Streaming buffer size.
-pub(crate) const CHUNK: usize = 128 * 1024;
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =

@@ -46,6 +46,7 @@ mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;
+mod hash;
 mod index;
 mod journal;
 pub mod key;
@@ -58,6 +59,7 @@ mod outboard;
 /// used by [`Store`] yet.
 #[doc(hidden)]
 pub mod pack;
+mod policy;
 mod record;
 mod remote;
 mod reserve;
@@ -73,7 +75,7 @@ pub use archive::{
     ARCHIVE_FORMAT_VERSION, ArchiveIntegrity, ExportOptions, ExportReport, ImportOptions,
     ImportReport, MergePolicy, Progress, SignKey,
 };
-pub use blobs::{BlobHash, VerifyingReader};
+pub use blobs::VerifyingReader;
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Error, FetchError, Result};
 pub use fetch::{CacheControl, Fetch, FetchStatus, Fetched};
@@ -81,6 +83,7 @@ pub use fetch::{CacheControl, Fetch, FetchStatus, Fetched};
 #[doc(hidden)]
 pub use gc::hooks as test_hooks;
 pub use gc::{GcOptions, GcProgress, GcReport, GcStep};
+pub use hash::BlobHash;
 pub use key::{Category, TtlPolicy};
 pub use layout::FORMAT_VERSION;
 pub use options::{

@@ -6,37 +6,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::gc::GcOptions;
 use crate::key::{Category, TtlPolicy};
+pub use crate::policy::{Durability, Sharing};
 use crate::secrets::SecretGuard;
-
-/// When a write counts as done.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// Acknowledged once the operating system has the data: survives the
-    /// process being killed (`kill -9`), not a power loss in the next few
-    /// seconds.
-    #[default]
-    Buffered,
-    /// Blob files, their directories and the index journal are fsynced
-    /// before a write returns: survives power loss, at the cost of a few
-    /// milliseconds per write.
-    Synced,
-}
-
-/// How a store shares its cache directory with other processes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sharing {
-    /// The first process to open the cache owns the index and serves the
-    /// others over `owner.sock`; every other process is a guest with the
-    /// same API. When the owner goes away a guest takes over.
-    #[default]
-    Shared,
-    /// This process wants the cache to itself: it neither serves nor joins
-    /// an owner. While another process holds the cache, opening waits up to
-    /// the owner timeout for it to let go, then fails with
-    /// [`crate::Error::Locked`]; shared processes likewise wait for an
-    /// exclusive one.
-    Exclusive,
-}
 
 /// Options for [`crate::Store::open`], built with setters:
 ///

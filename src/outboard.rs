@@ -26,7 +26,7 @@ use std::io::{self, Read};
 
 use blake3::hazmat::{self, HasherExt, Mode};
 
-use crate::blobs::BlobHash;
+use crate::hash::{BlobHash, CHUNK};
 
 /// log2 of [`GROUP_LEN`].
 pub(crate) const GROUP_LOG: u32 = 20;
@@ -186,7 +186,7 @@ impl TreeHasher {
 /// Hashes everything `src` yields.
 pub(crate) fn hash_stream(src: &mut dyn Read) -> io::Result<TreeHasher> {
     let mut hasher = TreeHasher::new();
-    let mut buf = vec![0u8; crate::blobs::CHUNK];
+    let mut buf = vec![0u8; CHUNK];
     loop {
         match src.read(&mut buf) {
             Ok(0) => return Ok(hasher),

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::BlobHash;
+use crate::hash::BlobHash;
 
 /// Version written in every record and blob info.
 pub const RECORD_VERSION: u32 = 1;

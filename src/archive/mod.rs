@@ -33,10 +33,10 @@ mod export;
 mod import;
 mod seal;
 
+pub use crate::policy::MergePolicy;
 pub use seal::{ArchiveIntegrity, SignKey};
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -64,52 +64,6 @@ const MANIFEST_NAME: &str = "blobcache-manifest.cbor";
 const MAX_MANIFEST: u64 = 1 << 30;
 /// Page size of index scans.
 const PAGE: usize = 1000;
-
-/// What to do when an archived entry's key already holds an entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MergePolicy {
-    /// Take the archived entry if it was written later than the one held
-    /// (by `created_at`, then `fetched_at`); the default.
-    #[default]
-    #[serde(rename = "n")]
-    Newer,
-    /// Keep the entry held; import only keys that are absent.
-    #[serde(rename = "k")]
-    Keep,
-    /// Always take the archived entry.
-    #[serde(rename = "r")]
-    Replace,
-}
-
-impl MergePolicy {
-    /// True when an archived record should replace `held` (the record the
-    /// key holds, `None` when absent or undecodable).
-    pub(crate) fn takes(self, incoming: &Record, held: Option<&Record>) -> bool {
-        match (held, self) {
-            (None, _) | (Some(_), MergePolicy::Replace) => true,
-            (Some(_), MergePolicy::Keep) => false,
-            (Some(o), MergePolicy::Newer) => {
-                (incoming.created_at, incoming.fetched_at) > (o.created_at, o.fetched_at)
-            }
-        }
-    }
-}
-
-impl FromStr for MergePolicy {
-    type Err = String;
-
-    /// Parses `newer`, `keep` or `replace` (as on the command line).
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "newer" => Ok(MergePolicy::Newer),
-            "keep" => Ok(MergePolicy::Keep),
-            "replace" => Ok(MergePolicy::Replace),
-            other => Err(format!(
-                "unknown merge policy {other:?}; use newer, keep or replace"
-            )),
-        }
-    }
-}
 
 /// How far an export or import has got; passed to the progress callback
 /// after the manifest and after each blob.
@@ -491,11 +445,5 @@ mod tests {
         }
         let upper = member_name(&h).to_uppercase().replace("BLOBS", "blobs");
         assert_eq!(member_hash(&upper), None);
-    }
-
-    #[test]
-    fn merge_policy_parses() {
-        assert_eq!("keep".parse::<MergePolicy>(), Ok(MergePolicy::Keep));
-        assert!("newest".parse::<MergePolicy>().is_err());
     }
 }

@@ -36,11 +36,11 @@ use crate::clock::{Clock, SystemClock, add_ms};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::key;
-use crate::options::Durability;
 use crate::pack::{
     DictDir, Dictionary, FILE_HEADER_LEN, LeanRecord, Location, NeedleCodec, PackDir, PackError,
     PackReader, PackWriter, PackWriterOptions, Place, Prepared, ReadMode,
 };
+use crate::policy::Durability;
 use crate::record::Codec;
 
 mod compact;

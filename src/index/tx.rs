@@ -17,9 +17,9 @@ use serde_bytes::ByteBuf;
 use sled::IVec;
 
 use super::{BackendTotals, State, Trees};
-use crate::archive::MergePolicy;
 use crate::blobs::BlobHash;
 use crate::key;
+use crate::policy::MergePolicy;
 use crate::record::{BlobInfo, BlobState, Codec, RECORD_VERSION, Record, from_cbor, to_cbor};
 
 /// A mutation of the index, as asked for by a store (or, over the owner

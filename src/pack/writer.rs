@@ -8,7 +8,7 @@ use super::needle::{self, NeedleHeader, Prepared};
 use super::{FILE_HEADER_LEN, Location, PackDir, PackError, file_header};
 use crate::blobs::BlobHash;
 use crate::error::Error;
-use crate::options::Durability;
+use crate::policy::Durability;
 
 /// Default size at which a writer seals its pack and starts a new one.
 pub const DEFAULT_MAX_PACK_BYTES: u64 = 256 << 20;

@@ -50,7 +50,7 @@ use crate::index::{
     Snapshot, State,
 };
 use crate::layout::Layout;
-use crate::options::Sharing;
+use crate::policy::Sharing;
 use crate::record::{BlobInfo, Record};
 use crate::store::{Inner, Store};
 use crate::verify::{VerifyOptions, VerifyReport};
