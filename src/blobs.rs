@@ -1332,6 +1332,13 @@ impl VerifyingReader {
         }
     }
 
+    /// A stream over a payload already checked against `expected` (a
+    /// remote hit): not hashed a second time, only its length is checked.
+    pub(crate) fn verified(data: Vec<u8>, expected: BlobHash) -> Self {
+        let len = data.len() as u64;
+        VerifyingReader::checked_by_groups(Box::new(io::Cursor::new(data)), expected, len)
+    }
+
     /// Sets the hook that runs once when corruption is detected.
     pub(crate) fn on_corrupt(mut self, f: impl FnOnce(&str) + Send + 'static) -> Self {
         self.on_corrupt = Some(Box::new(f));

@@ -305,6 +305,23 @@ pub struct BackendStats {
     pub raw_bytes: u64,
 }
 
+/// What a read found: the entry in the local index (and whether it is
+/// expired), or a remote hit just verified and stored locally.
+enum Found {
+    Local(Lookup, bool),
+    Remote(Filled),
+}
+
+/// A remote hit, stored locally: the record inserted and the payload,
+/// verified against `record.hash` (the only check it gets).
+#[derive(Debug)]
+pub(crate) struct Filled {
+    /// The record now in the index.
+    pub record: Record,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
 /// How a put gets its blob into place; see `Store::commit_put`.
 enum Source<'a> {
     /// The payload is in memory.
@@ -455,20 +472,28 @@ impl Store {
             .check_put(backend, signature, key, payload, opts, &o.drop_headers)
     }
 
+    /// Stores an in-memory payload, then hands the remote tier the stored
+    /// form the put produced (compressed once, here), when it has one.
     fn put_bytes(&self, key: &[u8], payload: &[u8], opts: &PutOptions) -> Result<PutReport> {
-        let source = Source::Bytes {
+        let mut source = Source::Bytes {
             payload,
             encoded: None,
         };
         let (hash, raw_size) = (BlobHash::of(payload), payload.len() as u64);
-        let report = self.commit_put(key, source, hash, raw_size, opts)?;
+        let (report, _) = self.commit_put(key, &mut source, hash, raw_size, opts)?;
+        let stored = match source {
+            Source::Bytes { encoded, .. } => encoded,
+            Source::Staged(_) => None,
+        };
         let remote = &self.inner.remote;
-        remote.after_put(self, key, Some(payload), &report, opts)?;
+        remote.after_put(self, key, stored, &report, opts)?;
         Ok(report)
     }
 
     /// Stores an entry read from the remote tier, already verified against
-    /// `hash`, with its stored bytes as they came (not sent back there).
+    /// `hash`, with its stored bytes as they came: neither verified nor
+    /// compressed again, and not sent back there. Returns the record now
+    /// in the index, so the hit is served without reading it back.
     #[cfg(feature = "redis")]
     pub(crate) fn put_remote_hit(
         &self,
@@ -478,14 +503,15 @@ impl Store {
         stored: Vec<u8>,
         hash: BlobHash,
         opts: &PutOptions,
-    ) -> Result<PutReport> {
+    ) -> Result<Record> {
         let (backend, signature) = key::decode(key).unwrap_or_default();
         self.guard_put(&backend, &signature, key, Some(payload), opts)?;
-        let source = Source::Bytes {
+        let mut source = Source::Bytes {
             payload,
             encoded: Some((codec, stored)),
         };
-        self.commit_put(key, source, hash, payload.len() as u64, opts)
+        let (_, record) = self.commit_put(key, &mut source, hash, payload.len() as u64, opts)?;
+        Ok(record)
     }
 
     /// Stores a payload read from `src`, in bounded memory: payloads over a
@@ -525,33 +551,35 @@ impl Store {
                 StreamError::Store(e) => e,
             })?;
         let (hash, raw) = (staged.written.hash, staged.written.raw_size);
-        let report = self.commit_put(&key, Source::Staged(staged), hash, raw, opts)?;
+        let mut source = Source::Staged(staged);
+        let (report, _) = self.commit_put(&key, &mut source, hash, raw, opts)?;
         let remote = &self.inner.remote;
         remote.after_put(self, &key, None, &report, opts)?;
         Ok(report)
     }
 
     /// Gets the blob into place and inserts the record, retrying while the
-    /// sweeper is deleting the same blob.
+    /// sweeper is deleting the same blob. Returns the report and the record
+    /// inserted; `source` keeps the stored bytes it encoded, if any.
     fn commit_put(
         &self,
         key: &[u8],
-        mut source: Source<'_>,
+        source: &mut Source<'_>,
         hash: BlobHash,
         raw_size: u64,
         opts: &PutOptions,
-    ) -> Result<PutReport> {
+    ) -> Result<(PutReport, Record)> {
         let now = self.now();
         let mut gone_seen = None;
         let mut reuse_known = true;
         for attempt in 0..PUT_ATTEMPTS {
             let (blob, inline, existed) =
-                self.place_blob(&mut source, &hash, raw_size, now, reuse_known)?;
+                self.place_blob(source, &hash, raw_size, now, reuse_known)?;
             let record = self.new_record(&hash, &blob, opts, now);
             let expires_at = record.expires_at;
             let op = Op::Put {
                 key: ByteBuf::from(key.to_vec()),
-                record,
+                record: record.clone(),
                 blob: blob.clone(),
                 inline: inline.map(ByteBuf::from),
                 gone_seen,
@@ -575,7 +603,7 @@ impl Store {
                 _ => {
                     self.count(|c| c.puts = 1);
                     self.after_put();
-                    return Ok(PutReport {
+                    let report = PutReport {
                         hash,
                         raw_size,
                         stored_size: blob.stored_size,
@@ -583,7 +611,8 @@ impl Store {
                         inline: blob.inline,
                         deduplicated: existed,
                         expires_at,
-                    });
+                    };
+                    return Ok((report, record));
                 }
             }
         }
@@ -726,11 +755,17 @@ impl Store {
         // A second attempt is needed only when the entry changed between the
         // record look-up and the blob read (a concurrent put or delete).
         for _ in 0..3 {
-            let Some((Lookup { record, inline }, stale)) =
-                self.lookup_live(&key, now, allow_stale)?
-            else {
-                return Ok(None);
-            };
+            let (Lookup { record, inline }, stale) =
+                match self.lookup_live(&key, now, allow_stale)? {
+                    None => return Ok(None),
+                    Some(Found::Local(lookup, stale)) => (lookup, stale),
+                    // Verified once, in the tier: served as it is.
+                    Some(Found::Remote(Filled { record, data })) => {
+                        return Ok(Some(
+                            self.served(&key, data, &record, now, false, l1, generation),
+                        ));
+                    }
+                };
             let data = match &inline {
                 Some(stored) => blobs::decode(stored, record.codec, record.raw_size, &record.hash),
                 None if record.inline => Err(BlobError::Missing),
@@ -741,12 +776,9 @@ impl Store {
             };
             match data {
                 Ok(data) => {
-                    self.note_hit(&key, now, stale);
-                    let meta = EntryMeta::from_record(&key, &record);
-                    if let (Some(t), Some(g)) = (l1, generation) {
-                        t.insert(&key, &data, &meta, now, g);
-                    }
-                    return Ok(Some(Hit { data, meta, stale }));
+                    return Ok(Some(
+                        self.served(&key, data, &record, now, stale, l1, generation),
+                    ));
                 }
                 Err(e) => {
                     if self.unusable(&key, &record, e)? {
@@ -756,6 +788,27 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// The hit of verified `data` under `record`: counted, and kept in the
+    /// memory tier (when it has one and is not serving stale entries).
+    #[allow(clippy::too_many_arguments)]
+    fn served(
+        &self,
+        key: &[u8],
+        data: Vec<u8>,
+        record: &Record,
+        now: u64,
+        stale: bool,
+        l1: Option<&MemoryTier>,
+        generation: Option<u64>,
+    ) -> Hit {
+        self.note_hit(key, now, stale);
+        let meta = EntryMeta::from_record(key, record);
+        if let (Some(t), Some(g)) = (l1, generation) {
+            t.insert(key, &data, &meta, now, g);
+        }
+        Hit { data, meta, stale }
     }
 
     /// Handles a blob that could not be read: environmental errors are
@@ -769,18 +822,16 @@ impl Store {
         }
     }
 
-    /// Looks the key up and applies expiry; counts a miss when there is
-    /// nothing to serve.
-    fn lookup_live(
-        &self,
-        key: &[u8],
-        now: u64,
-        allow_stale: bool,
-    ) -> Result<Option<(Lookup, bool)>> {
-        let mut found = self.inner.share.lookup(key)?;
+    /// Looks the key up and applies expiry; on a local miss (or an expired
+    /// entry) asks the remote tier, whose hit comes back verified and
+    /// already stored. Counts a miss when there is nothing to serve.
+    fn lookup_live(&self, key: &[u8], now: u64, allow_stale: bool) -> Result<Option<Found>> {
+        let found = self.inner.share.lookup(key)?;
         let expired = |l: &Lookup| now >= l.record.expires_at;
-        if found.as_ref().is_none_or(expired) && self.inner.remote.fill(self, key, now)? {
-            found = self.inner.share.lookup(key)?;
+        if found.as_ref().is_none_or(expired)
+            && let Some(filled) = self.inner.remote.fill(self, key, now)?
+        {
+            return Ok(Some(Found::Remote(filled)));
         }
         let Some(lookup) = found else {
             self.count(|c| c.misses = 1);
@@ -791,7 +842,7 @@ impl Store {
             self.count(|c| c.misses = 1);
             return Ok(None);
         }
-        Ok(Some((lookup, stale)))
+        Ok(Some(Found::Local(lookup, stale)))
     }
 
     fn note_hit(&self, key: &[u8], now: u64, stale: bool) {
@@ -873,9 +924,17 @@ impl Store {
     ) -> Result<Option<EntryReader>> {
         let key = key::encode(backend, signature)?;
         let now = self.now();
-        let Some((Lookup { record, inline }, stale)) = self.lookup_live(&key, now, allow_stale)?
-        else {
-            return Ok(None);
+        let (Lookup { record, inline }, stale) = match self.lookup_live(&key, now, allow_stale)? {
+            None => return Ok(None),
+            Some(Found::Local(lookup, stale)) => (lookup, stale),
+            Some(Found::Remote(Filled { record, data })) => {
+                self.note_hit(&key, now, false);
+                return Ok(Some(EntryReader {
+                    meta: EntryMeta::from_record(&key, &record),
+                    stale: false,
+                    reader: VerifyingReader::verified(data, record.hash),
+                }));
+            }
         };
         let opened = match inline {
             Some(stored) => blobs::decode(&stored, record.codec, record.raw_size, &record.hash)

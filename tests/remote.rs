@@ -696,3 +696,202 @@ fn cli_shares_through_redis_and_reports_it() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.starts_with("error: remote cache"), "{err}");
 }
+
+/// The local blob file of `hash` in the cache directory `dir`.
+fn blob_file(dir: &Path, hash: &blobcache::BlobHash) -> PathBuf {
+    let hex = hash.to_hex();
+    dir.join("blobs").join(&hex[..2]).join(&hex[2..])
+}
+
+#[test]
+fn a_remote_hit_is_served_from_the_bytes_it_verified_and_stored_as_it_came() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let sync = RemoteOptions::new(srv.url()).sync_writes(true);
+    let level = |n| StoreOptions::default().compression_level(n);
+    let a = Store::open(tmp.path().join("a"), level(19).remote(sync.clone())).unwrap();
+    let b_dir = tmp.path().join("b");
+    let b = Store::open(&b_dir, level(1).remote(sync)).unwrap();
+    // Over the inline threshold once compressed: a blob file on both sides.
+    let mut body = json_payload(21, 400_000);
+    body.extend(random(22, 40_000));
+    let put = a.put("tmdb", "big", &body, &PutOptions::new()).unwrap();
+    assert!(!put.inline && put.compressed, "{put:?}");
+    let plain = Store::open(tmp.path().join("c"), level(1)).unwrap();
+    let level1 = plain.put("tmdb", "big", &body, &PutOptions::new()).unwrap();
+    assert_ne!(level1.stored_size, put.stored_size, "the levels differ");
+
+    // B's blob file is damaged right after B writes it: a store that read
+    // the entry back to serve it would find the damage and miss; the hit
+    // is served from the bytes verified when they came from Redis.
+    let victim = blob_file(&b_dir, &put.hash);
+    let hook = blobcache::test_hooks::on_blob_placed(put.hash, move || {
+        let mut bytes = std::fs::read(&victim).expect("B's blob file is in place");
+        bytes[1000] ^= 0x01;
+        std::fs::write(&victim, bytes).unwrap();
+    });
+    let hit = b.get("tmdb", "big").unwrap().expect("remote hit");
+    drop(hook);
+    assert_eq!(hit.data, body);
+    assert_eq!(
+        hit.meta.stored_size, put.stored_size,
+        "stored as it came (level 19), not compressed again at B's level"
+    );
+    assert_eq!(remote_stats(&b).hits, 1);
+    // The damaged local copy is found by the next read, dropped, and never
+    // served; the one after reads through again.
+    assert!(b.get("tmdb", "big").unwrap().is_none());
+    assert_eq!(b.stats().unwrap().corrupt, 1);
+    assert_eq!(b.get("tmdb", "big").unwrap().unwrap().data, body);
+    let blob_key = format!("blobcache:b:{}", put.hash.to_hex());
+    let in_redis: Vec<u8> = redis::cmd("GET")
+        .arg(&blob_key)
+        .query(&mut redis_con(&srv))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(blob_file(&b_dir, &put.hash)).unwrap(),
+        in_redis
+    );
+
+    // Streamed, a remote hit is served from the verified bytes too.
+    let small = json_payload(23, 3000);
+    a.put("tmdb", "small", &small, &PutOptions::new()).unwrap();
+    let mut reader = b.get_reader("tmdb", "small").unwrap().expect("hit");
+    let mut streamed = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut streamed).unwrap();
+    assert_eq!(streamed, small);
+    assert_eq!(remote_stats(&b).hits, 3);
+}
+
+#[test]
+fn the_background_writer_sends_the_stored_bytes_of_the_put() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let dir = tmp.path().join("a");
+    let body = json_payload(31, 8000);
+    let z = |level| zstd::bulk::compress(&body, level).unwrap();
+    let (z19, z1) = (z(19), z(1));
+    assert_ne!(z19, z1);
+    let open_at = |level| {
+        let opts = StoreOptions::default().compression_level(level);
+        Store::open(&dir, opts.remote(RemoteOptions::new(srv.url()))).unwrap()
+    };
+    let a = open_at(19);
+    a.put("tmdb", "first", &body, &PutOptions::new()).unwrap();
+    drop(a);
+    // Reopened at another level, a put of the same payload reuses the
+    // level-19 blob: that is what the store holds, so that is what is sent
+    // (compressing the payload again would send a level-1 frame).
+    let a = open_at(1);
+    let again = a.put("tmdb", "again", &body, &PutOptions::new()).unwrap();
+    assert!(again.inline && again.deduplicated, "{again:?}");
+    a.flush().unwrap();
+    let contains = |v: &[u8], z: &[u8]| v.windows(z.len()).any(|w| w == z);
+    let mut con = redis_con(&srv);
+    for key in [
+        &b"blobcache:e:\x04tmdbfirst"[..],
+        b"blobcache:e:\x04tmdbagain",
+    ] {
+        let v: Vec<u8> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        assert!(contains(&v, &z19) && !contains(&v, &z1), "{key:?}");
+    }
+    let r = remote_stats(&a);
+    assert_eq!((r.writes, r.dropped), (1, 0), "{r:?}");
+}
+
+/// Holds every write command on `srv` (`CLIENT PAUSE ... WRITE`) until
+/// the guard is dropped: the background writer blocks in its request.
+struct WritesPaused(redis::Connection);
+
+impl WritesPaused {
+    fn on(srv: &RedisServer) -> WritesPaused {
+        let mut con = redis_con(srv);
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(600_000)
+            .arg("WRITE")
+            .query(&mut con)
+            .unwrap();
+        WritesPaused(con)
+    }
+}
+
+impl Drop for WritesPaused {
+    fn drop(&mut self) {
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut self.0);
+    }
+}
+
+#[test]
+fn a_full_background_queue_makes_puts_wait_instead_of_dropping_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let remote = RemoteOptions::new(srv.url())
+        .queue_capacity(2)
+        .queue_wait(Duration::from_secs(600))
+        .timeout(Duration::from_secs(600));
+    let a = open(&tmp.path().join("a"), remote);
+    let paused = WritesPaused::on(&srv);
+    let n = 20u64;
+    let putter = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                a.put(
+                    "q",
+                    format!("k{i}"),
+                    &json_payload(i, 300),
+                    &PutOptions::new(),
+                )
+                .expect("put");
+            }
+        })
+    };
+    // Redis takes no write: the queue fills and a put waits for room.
+    while remote_stats(&a).waited == 0 {
+        assert!(
+            !putter.is_finished(),
+            "20 puts cannot all fit: {:?}",
+            remote_stats(&a)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!putter.is_finished(), "a put is waiting");
+    assert_eq!(remote_stats(&a).dropped, 0);
+    drop(paused);
+    putter.join().expect("putter");
+    a.flush().unwrap();
+    let r = remote_stats(&a);
+    assert_eq!((r.writes, r.dropped, r.queued), (n, 0, 0), "{r:?}");
+    assert_eq!(dbsize(&srv), n, "every write reached Redis");
+}
+
+#[test]
+fn without_a_queue_wait_a_full_queue_drops_writes_and_counts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let remote = RemoteOptions::new(srv.url())
+        .queue_capacity(1)
+        .queue_wait(Duration::ZERO)
+        .timeout(Duration::from_secs(600));
+    let a = open(&tmp.path().join("a"), remote);
+    let paused = WritesPaused::on(&srv);
+    let n = 10u64;
+    for i in 0..n {
+        a.put("q", format!("k{i}"), b"{}", &PutOptions::new())
+            .expect("a put never fails for a full queue");
+    }
+    // At most one write in flight and one queued; the rest are dropped.
+    let r = remote_stats(&a);
+    assert!(r.dropped >= n - 2, "{r:?}");
+    drop(paused);
+    a.flush().unwrap();
+    let r = remote_stats(&a);
+    assert_eq!(
+        r.writes + r.dropped,
+        n,
+        "every write sent or counted: {r:?}"
+    );
+    assert_eq!(dbsize(&srv), r.writes);
+    assert_eq!(r.waited, 0, "no wait asked for");
+}

@@ -85,6 +85,10 @@ pub struct RemoteJson {
     corrupt: u64,
     writes: u64,
     skipped: u64,
+    /// Writes not sent: the background queue stayed full.
+    dropped: u64,
+    /// Puts that waited for room in the background queue.
+    waited: u64,
     latency_us: u64,
 }
 
@@ -102,6 +106,8 @@ impl RemoteJson {
             corrupt: r.corrupt,
             writes: r.writes,
             skipped: r.skipped,
+            dropped: r.dropped,
+            waited: r.waited,
             latency_us: r.latency_us,
         }
     }
@@ -109,7 +115,8 @@ impl RemoteJson {
     /// One line for humans.
     pub fn line(&self) -> String {
         format!(
-            "{} {}{} ({} hits, {} misses, {} errors, {} refused as corrupt; mean latency {} us)",
+            "{} {}{} ({} hits, {} misses, {} errors, {} refused as corrupt, {} writes dropped; \
+             mean latency {} us)",
             self.url,
             self.state,
             if self.read_only { ", read-only" } else { "" },
@@ -117,6 +124,7 @@ impl RemoteJson {
             self.misses,
             self.errors,
             self.corrupt,
+            self.dropped,
             self.latency_us
         )
     }

@@ -62,6 +62,7 @@ pub struct RemoteOptions {
     pub(crate) prefix: String,
     pub(crate) sync_writes: bool,
     pub(crate) queue_capacity: usize,
+    pub(crate) queue_wait: Duration,
     pub(crate) max_payload: u64,
     pub(crate) read_only: bool,
     pub(crate) fatal_errors: bool,
@@ -80,6 +81,7 @@ impl std::fmt::Debug for RemoteOptions {
             .field("prefix", &self.prefix)
             .field("sync_writes", &self.sync_writes)
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_wait", &self.queue_wait)
             .field("max_payload", &self.max_payload)
             .field("read_only", &self.read_only)
             .field("fatal_errors", &self.fatal_errors)
@@ -105,6 +107,7 @@ impl RemoteOptions {
             prefix: DEFAULT_REMOTE_PREFIX.to_string(),
             sync_writes: false,
             queue_capacity: 1024,
+            queue_wait: Duration::from_secs(1),
             max_payload: 32 * 1024 * 1024,
             read_only: false,
             fatal_errors: false,
@@ -131,10 +134,25 @@ impl RemoteOptions {
         self
     }
 
-    /// How many writes the background queue holds (default 1024); a put
-    /// that finds it full is not sent (counted as `dropped`).
+    /// How many writes the background queue holds (default 1024). The
+    /// writer thread empties it a batch at a time (one pipeline per few
+    /// MiB); a put that finds it full waits for room, see
+    /// [`RemoteOptions::queue_wait`].
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// How long a put waits for room in a full background queue (default
+    /// 1 s, the default [`RemoteOptions::timeout`]): backpressure, so a
+    /// burst of puts faster than Redis takes them slows down instead of
+    /// losing writes. A write still finding no room then is not sent,
+    /// and counted in [`RemoteStats::dropped`] (waits in
+    /// [`RemoteStats::waited`]). Zero: never wait, drop at once. A Redis
+    /// that is down does not make puts wait: the circuit breaker skips it
+    /// and the queue empties at once.
+    pub fn queue_wait(mut self, wait: Duration) -> Self {
+        self.queue_wait = wait;
         self
     }
 
@@ -282,8 +300,13 @@ pub struct RemoteStats {
     pub deduplicated: u64,
     /// Requests skipped while the tier was down.
     pub skipped: u64,
-    /// Writes not queued because the background queue was full.
+    /// Writes not sent because the background queue stayed full for the
+    /// whole [`RemoteOptions::queue_wait`] (or because the store closed
+    /// before they could be sent within its drain budget).
     pub dropped: u64,
+    /// Puts that found the background queue full and waited for room
+    /// (backpressure); those that got it are sent, the others `dropped`.
+    pub waited: u64,
     /// Payloads neither sent nor fetched for being over `max_payload`.
     pub too_large: u64,
     /// Entries removed from Redis ([`RemoteOptions::delete_remote`]).
@@ -324,8 +347,8 @@ impl Remote {
     }
 
     /// Never fills anything.
-    pub fn fill(&self, _: &Store, _: &[u8], _: u64) -> Result<bool> {
-        Ok(false)
+    pub fn fill(&self, _: &Store, _: &[u8], _: u64) -> Result<Option<crate::store::Filled>> {
+        Ok(None)
     }
 
     /// Sends nothing.
@@ -333,7 +356,7 @@ impl Remote {
         &self,
         _: &Store,
         _: &[u8],
-        _: Option<&[u8]>,
+        _: Option<(crate::record::Codec, Vec<u8>)>,
         _: &PutReport,
         _: &crate::options::PutOptions,
     ) -> Result<()> {

@@ -20,10 +20,26 @@ use crate::error::Result;
 use crate::key;
 use crate::options::{PutOptions, StoreOptions};
 use crate::record::Codec;
-use crate::store::{PutReport, Store};
+use crate::store::{Filled, PutReport, Store};
 
 /// Keys deleted per `UNLINK` (and asked for per `SCAN` step) by a clear.
 const DELETE_BATCH: usize = 1000;
+/// A put's stored bytes larger than this wait in the background queue as
+/// a reference to the local blob file, read when sent, so a full queue
+/// holds a bounded amount of memory.
+const QUEUED_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of blobs sent per pipeline: a batch of writes is split into
+/// pipelines of about this size.
+const PIPELINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// One write ready to send: the entry's key and value, the blob kept
+/// apart (its key and stored bytes), and the TTL left.
+struct Ready {
+    ekey: Vec<u8>,
+    value: Vec<u8>,
+    apart: Option<(String, Vec<u8>)>,
+    ttl_ms: u64,
+}
 
 /// A connected remote tier.
 #[derive(Debug)]
@@ -39,7 +55,6 @@ pub struct Shared {
     breaker: Breaker,
     counts: Counts,
     clock: Arc<dyn Clock>,
-    level: i32,
     /// Stored blobs up to this size travel inside their entry.
     inline_max: usize,
 }
@@ -60,6 +75,7 @@ pub struct Counts {
     deduplicated: AtomicU64,
     skipped: AtomicU64,
     pub dropped: AtomicU64,
+    pub waited: AtomicU64,
     too_large: AtomicU64,
     deleted: AtomicU64,
     requests: AtomicU64,
@@ -81,9 +97,8 @@ pub struct Job {
 
 #[derive(Debug)]
 enum Body {
-    /// The raw payload, to be compressed like the store does.
-    Raw(Vec<u8>),
-    /// The stored bytes, already in `Codec`.
+    /// The stored bytes the local put produced (or the index holds),
+    /// already in `Codec`: sent as they are, never compressed again.
     Stored(Codec, Vec<u8>),
     /// The local blob file, holding the stored bytes in `Codec`.
     File(crate::blobs::Blobs, BlobHash, Codec),
@@ -102,7 +117,6 @@ impl Tier {
             breaker: Breaker::new(opts.retry_interval),
             counts: Counts::default(),
             clock: store.clock.clone(),
-            level: store.compression_level,
             inline_max: store.inline_threshold,
         });
         shared.probe()?;
@@ -122,22 +136,24 @@ impl Remote {
         Ok(Remote { tier })
     }
 
-    /// On a local miss: fetches `key` from Redis, verifies it and stores
-    /// it locally. True when the entry is now in the local cache.
-    pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<bool> {
+    /// On a local miss: fetches `key` from Redis, verifies it (once) and
+    /// stores it locally. `Some`: the entry is now in the local cache, and
+    /// here are its record and verified payload, to serve as they are.
+    pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Filled>> {
         match &self.tier {
             Some(t) => t.shared.fill(store, key, now),
-            None => Ok(false),
+            None => Ok(None),
         }
     }
 
     /// After a local put: sends the entry to Redis (queued or now).
-    /// `payload` is the raw payload when it is in memory.
+    /// `stored` is the stored form (codec and bytes) the put encoded, when
+    /// it has it in memory; it is sent as it is.
     pub fn after_put(
         &self,
         store: &Store,
         key: &[u8],
-        payload: Option<&[u8]>,
+        stored: Option<(Codec, Vec<u8>)>,
         report: &PutReport,
         opts: &PutOptions,
     ) -> Result<()> {
@@ -152,7 +168,7 @@ impl Remote {
             bump(&s.counts.too_large);
             return Ok(());
         }
-        let Some(body) = body_of(store, key, payload, report)? else {
+        let Some(body) = body_of(store, key, stored, report)? else {
             bump(&s.counts.skipped);
             return Ok(());
         };
@@ -225,6 +241,7 @@ impl Remote {
             deduplicated: get(&c.deduplicated),
             skipped: get(&c.skipped),
             dropped: get(&c.dropped),
+            waited: get(&c.waited),
             too_large: get(&c.too_large),
             deleted: get(&c.deleted),
             queued: t.writer.as_ref().map_or(0, Writer::pending),
@@ -234,25 +251,28 @@ impl Remote {
     }
 }
 
-/// Where the bytes of a put are: in memory (`payload`), in the local blob
-/// file, or (a streamed payload that deduplicated onto an inline blob)
-/// in the local index, read back here. `None`: the entry changed meanwhile.
+/// Where the stored bytes of a put are: in memory (`stored`, what the put
+/// encoded; kept for the queue only up to [`QUEUED_BYTES_MAX`]), in the
+/// local blob file (read when sent), or (a put that deduplicated onto an
+/// inline blob) in the local index, read back here. Never the raw payload:
+/// nothing is compressed twice. `None`: the entry changed meanwhile.
 fn body_of(
     store: &Store,
     key: &[u8],
-    payload: Option<&[u8]>,
+    stored: Option<(Codec, Vec<u8>)>,
     report: &PutReport,
 ) -> Result<Option<Body>> {
-    let codec = codec_of(report.compressed);
+    let at_hand = stored.filter(|(_, b)| report.inline || b.len() <= QUEUED_BYTES_MAX);
+    if let Some((codec, bytes)) = at_hand {
+        return Ok(Some(Body::Stored(codec, bytes)));
+    }
     if !report.inline {
+        let codec = codec_of(report.compressed);
         return Ok(Some(Body::File(
             store.blob_store().clone(),
             report.hash,
             codec,
         )));
-    }
-    if let Some(p) = payload {
-        return Ok(Some(Body::Raw(p.to_vec())));
     }
     let Some(found) = store.index().lookup(key)? else {
         return Ok(None);
@@ -345,12 +365,16 @@ impl Shared {
         (self.opts.timeout * 3).max(Duration::from_secs(2))
     }
 
-    fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<bool> {
+    /// A local miss asks Redis: the entry, then (kept apart) its blob. The
+    /// stored bytes are decoded and checked against the entry's blake3
+    /// here, once; the verified payload is what is served, and the stored
+    /// bytes (in the codec they came in) are what is kept locally.
+    fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Filled>> {
         let ekey = entry::entry_key(&self.opts.prefix, key);
         let Some(value) =
             self.call(|c| redis::cmd("GET").arg(&ekey).query::<Option<Vec<u8>>>(c))?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(value) = value else {
             return Ok(self.miss());
@@ -370,20 +394,20 @@ impl Shared {
             Some(b) => b.into_vec(),
             None => match self.fetch_blob(&e)? {
                 Some(b) => b,
-                None => return Ok(false),
+                None => return Ok(None),
             },
         };
-        let raw = match blobs::decode(&stored, e.codec, e.raw_size, &e.hash) {
+        let data = match blobs::decode(&stored, e.codec, e.raw_size, &e.hash) {
             Ok(raw) => raw,
             Err(BlobError::Corrupt(why)) => return Ok(self.corrupt(key, &why)),
             Err(BlobError::Missing) => return Ok(self.miss()),
             Err(BlobError::Io(err)) => return Err(err),
         };
         let opts = e.put_options(now);
-        match store.put_remote_hit(key, &raw, e.codec, stored, e.hash, &opts) {
-            Ok(_) => {
+        match store.put_remote_hit(key, &data, e.codec, stored, e.hash, &opts) {
+            Ok(record) => {
                 bump(&self.counts.hits);
-                Ok(true)
+                Ok(Some(Filled { record, data }))
             }
             Err(err) if !self.opts.fatal_errors => {
                 log::warn!("remote hit {} not stored locally: {err}", key::display(key));
@@ -399,20 +423,17 @@ impl Shared {
         let bkey = entry::blob_key(&self.opts.prefix, &e.hash);
         match self.call(|c| redis::cmd("GET").arg(&bkey).query::<Option<Vec<u8>>>(c))? {
             Some(Some(b)) => Ok(Some(b)),
-            Some(None) => {
-                self.miss();
-                Ok(None)
-            }
+            Some(None) => Ok(self.miss()),
             None => Ok(None),
         }
     }
 
-    fn miss(&self) -> bool {
+    fn miss<T>(&self) -> Option<T> {
         bump(&self.counts.misses);
-        false
+        None
     }
 
-    fn corrupt(&self, key: &[u8], why: &str) -> bool {
+    fn corrupt<T>(&self, key: &[u8], why: &str) -> Option<T> {
         bump(&self.counts.corrupt);
         log::warn!(
             "remote entry {} refused: {why}; not served",
@@ -423,12 +444,42 @@ impl Shared {
 
     /// Sends one entry (and its blob) to Redis.
     pub fn write(&self, job: Job) -> Result<()> {
-        let ttl_ms = job.entry.expires_at.saturating_sub(self.clock.now_ms());
-        if ttl_ms == 0 {
+        self.write_batch(vec![job])
+    }
+
+    /// Sends entries (and their blobs) to Redis, as few pipelines as
+    /// their size allows: one round trip for entries whose bytes travel
+    /// inside them, one more to ask which blobs kept apart Redis already
+    /// holds (whose bytes are then not sent again).
+    pub fn write_batch(&self, jobs: Vec<Job>) -> Result<()> {
+        let mut ready = Vec::with_capacity(jobs.len());
+        let mut bytes = 0;
+        for job in jobs {
+            let Some(w) = self.prepare(job)? else {
+                continue;
+            };
+            bytes += w.value.len() + w.apart.as_ref().map_or(0, |(_, b)| b.len());
+            ready.push(w);
+            if bytes >= PIPELINE_BYTES {
+                self.send(&std::mem::take(&mut ready))?;
+                bytes = 0;
+            }
+        }
+        if ready.is_empty() {
             return Ok(());
         }
+        self.send(&ready)
+    }
+
+    /// What one job sends: its entry value (the blob inside when small),
+    /// and a blob kept apart. `None`: nothing to send (expired, gone).
+    fn prepare(&self, job: Job) -> Result<Option<Ready>> {
+        let ttl_ms = job.entry.expires_at.saturating_sub(self.clock.now_ms());
+        if ttl_ms == 0 {
+            return Ok(None);
+        }
         let Some((codec, stored)) = self.load(job.body)? else {
-            return Ok(());
+            return Ok(None);
         };
         let mut e = job.entry;
         e.codec = codec;
@@ -436,54 +487,80 @@ impl Shared {
         if stored.len() <= self.inline_max {
             e.blob = Some(ByteBuf::from(stored));
             let value = e.encode();
-            let sent = self.call(|c| {
-                redis::cmd("SET")
-                    .arg(&ekey)
-                    .arg(&value)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query::<()>(c)
-            })?;
-            if sent.is_some() {
-                bump(&self.counts.writes);
-            }
-            return Ok(());
+            return Ok(Some(Ready {
+                ekey,
+                value,
+                apart: None,
+                ttl_ms,
+            }));
         }
-        self.write_apart(&ekey, &e, &stored, ttl_ms)
+        let bkey = entry::blob_key(&self.opts.prefix, &e.hash);
+        Ok(Some(Ready {
+            ekey,
+            value: e.encode(),
+            apart: Some((bkey, stored)),
+            ttl_ms,
+        }))
     }
 
-    /// Writes a blob under its hash (only if absent, its expiry raised to
-    /// at least the entry's), then the entry.
-    fn write_apart(&self, ekey: &[u8], e: &RemoteEntry, stored: &[u8], ttl_ms: u64) -> Result<()> {
-        let bkey = entry::blob_key(&self.opts.prefix, &e.hash);
-        let value = e.encode();
+    /// Sends prepared writes in one pipeline (after one `EXISTS` round
+    /// trip when some carry a blob kept apart). A blob is written only if
+    /// absent and its expiry raised to at least its entry's (`PEXPIRE GT`);
+    /// then the entry, with its TTL.
+    fn send(&self, ready: &[Ready]) -> Result<()> {
+        let apart: Vec<&String> = ready
+            .iter()
+            .filter_map(|w| w.apart.as_ref().map(|(k, _)| k))
+            .collect();
         let sent = self.call(|c| {
-            let present: bool = redis::cmd("EXISTS").arg(&bkey).query(c)?;
+            let present: Vec<bool> = match apart.is_empty() {
+                true => Vec::new(),
+                false => {
+                    let mut ask = redis::pipe();
+                    for k in &apart {
+                        ask.cmd("EXISTS").arg(*k);
+                    }
+                    ask.query(c)?
+                }
+            };
             let mut p = redis::pipe();
-            if !present {
+            let mut known = present.iter();
+            let mut sending = std::collections::HashSet::new();
+            let mut deduplicated = 0u64;
+            for w in ready {
+                if let Some((bkey, stored)) = &w.apart {
+                    let held = known.next().copied().unwrap_or(false);
+                    // Redis holds it, or an earlier write of this batch sends it.
+                    if held || !sending.insert(bkey) {
+                        deduplicated += 1;
+                    } else {
+                        p.cmd("SET")
+                            .arg(bkey)
+                            .arg(stored)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(w.ttl_ms)
+                            .ignore();
+                    }
+                    p.cmd("PEXPIRE").arg(bkey).arg(w.ttl_ms).arg("GT").ignore();
+                }
                 p.cmd("SET")
-                    .arg(&bkey)
-                    .arg(stored)
-                    .arg("NX")
+                    .arg(&w.ekey)
+                    .arg(&w.value)
                     .arg("PX")
-                    .arg(ttl_ms)
+                    .arg(w.ttl_ms)
                     .ignore();
             }
-            p.cmd("PEXPIRE").arg(&bkey).arg(ttl_ms).arg("GT").ignore();
-            p.cmd("SET")
-                .arg(ekey)
-                .arg(&value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
             p.query::<()>(c)?;
-            Ok(present)
+            Ok(deduplicated)
         })?;
-        if let Some(present) = sent {
-            bump(&self.counts.writes);
-            if present {
-                bump(&self.counts.deduplicated);
-            }
+        if let Some(deduplicated) = sent {
+            self.counts
+                .writes
+                .fetch_add(ready.len() as u64, Ordering::Relaxed);
+            self.counts
+                .deduplicated
+                .fetch_add(deduplicated, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -492,10 +569,6 @@ impl Shared {
     /// blob went away meanwhile (nothing to send).
     fn load(&self, body: Body) -> Result<Option<(Codec, Vec<u8>)>> {
         match body {
-            Body::Raw(raw) => Ok(Some(match blobs::compress(&raw, self.level) {
-                Some(z) => (Codec::Zstd, z),
-                None => (Codec::Raw, raw),
-            })),
             Body::Stored(codec, stored) => Ok(Some((codec, stored))),
             Body::File(blobs, hash, codec) => {
                 match read_blob_file(&blobs, &hash, self.opts.max_payload) {
