@@ -360,6 +360,20 @@ pub enum Error {
         /// The cache directory.
         path: PathBuf,
     },
+
+    /// The operation is not available on a format-2 cache yet (see
+    /// [`crate::StoreOptions::format`]).
+    #[error(
+        "{} is a format-2 cache (storage core v2): {what} is not available on it yet; \
+         use a format-1 cache (the default) for it",
+        path.display()
+    )]
+    NotOnFormat2 {
+        /// The cache directory.
+        path: PathBuf,
+        /// What was asked.
+        what: String,
+    },
 }
 
 /// The error of [`crate::Store::get_or_fetch`]: the caller's own fetch

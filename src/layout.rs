@@ -9,7 +9,7 @@
 //!   tmp/        staging for atomic writes
 //!   locks/      owner.lock, gc.lock, space.reserve, fetch/<key hash>.lock
 //!   quarantine/ foreign files `verify --repair` moved out of blobs/
-//!   packs/, dicts/  storage core v2 (not used by `Store` yet)
+//!   packs/, dicts/  storage core v2 (format-2 caches: see engine/)
 //! ```
 
 use std::fs::{self, File};
@@ -19,8 +19,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
-/// Format version this build writes and reads.
+/// Format version new caches get by default (the v1 core: sled index with
+/// inline payloads, journal, blob files).
 pub const FORMAT_VERSION: u32 = 1;
+/// Format of caches on the storage core v2 (packs and a lean index; see
+/// [`crate::StoreOptions::format`]). The newest format this build reads.
+pub const FORMAT_V2: u32 = 2;
 
 /// Names blobcache itself puts in the cache directory.
 pub(crate) const OWN_NAMES: &[&str] = &[
@@ -64,8 +68,20 @@ impl Layout {
 
     /// Creates the directory tree (0700) or checks an existing one: refuses
     /// a newer format, a directory that holds other things, and symlinked
-    /// subdirectories. Writes `VERSION` when missing.
-    pub fn prepare(&self) -> Result<()> {
+    /// subdirectories. Writes `VERSION` when missing: `want`, or
+    /// [`FORMAT_VERSION`]. Returns the cache's format; an existing cache
+    /// keeps its own, and asking for another one is an error (there is no
+    /// migration between them yet).
+    pub fn prepare(&self, want: Option<u32>) -> Result<u32> {
+        if let Some(w) = want.filter(|w| !(FORMAT_VERSION..=FORMAT_V2).contains(w)) {
+            return Err(Error::NotACache {
+                path: self.root.clone(),
+                reason: format!(
+                    "format {w} was asked for; this build writes format {FORMAT_VERSION} \
+                     (the default) or {FORMAT_V2}"
+                ),
+            });
+        }
         if let Some(parent) = self.root.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -97,24 +113,36 @@ impl Layout {
         ] {
             ensure_dir(dir)?;
         }
-        if self.read_version()?.is_none() {
-            let body = format!("{FORMAT_VERSION}\n");
-            let version = self.root.join("VERSION");
-            fsutil::write_atomic(&self.root, &self.tmp, &version, body.as_bytes(), true)?;
+        match (self.read_version()?, want) {
+            (Some(found), Some(w)) if found != w => Err(Error::NotACache {
+                path: self.root.clone(),
+                reason: format!(
+                    "it is a format-{found} cache and format {w} was asked for; there is no \
+                     migration between formats yet: open it without choosing a format, or \
+                     use a new directory for format {w}"
+                ),
+            }),
+            (Some(found), _) => Ok(found),
+            (None, want) => {
+                let format = want.unwrap_or(FORMAT_VERSION);
+                let body = format!("{format}\n");
+                let version = self.root.join("VERSION");
+                fsutil::write_atomic(&self.root, &self.tmp, &version, body.as_bytes(), true)?;
+                Ok(format)
+            }
         }
-        Ok(())
     }
 
     fn check_existing(&self) -> Result<()> {
         if let Some(found) = self.read_version()? {
-            if found > FORMAT_VERSION {
+            if found > FORMAT_V2 {
                 return Err(Error::NewerFormat {
                     path: self.root.clone(),
                     found,
-                    supported: FORMAT_VERSION,
+                    supported: FORMAT_V2,
                 });
             }
-            // Older formats would be migrated here; version 1 is the first.
+            // Version 1 is the first; 2 is the storage core v2.
             return Ok(());
         }
         // No VERSION: a new cache, or one whose first open was interrupted.

@@ -43,6 +43,7 @@ pub struct StoreOptions {
     pub(crate) memory_tier: u64,
     pub(crate) memory_tier_max_staleness: Duration,
     pub(crate) remote: Option<crate::remote::RemoteOptions>,
+    pub(crate) format: Option<u32>,
 }
 
 /// Blobs whose stored (compressed) size is at most this many bytes live in
@@ -80,11 +81,33 @@ impl Default for StoreOptions {
             memory_tier: 0,
             memory_tier_max_staleness: Duration::from_secs(1),
             remote: None,
+            format: None,
         }
     }
 }
 
 impl StoreOptions {
+    /// The on-disk format of a new cache: 1 (the default today) or 2, the
+    /// storage core v2 (payloads in append-only pack files, a lean sled
+    /// index; see ARCHITECTURE.md §5). An existing cache keeps the format
+    /// its `VERSION` file names and opens whatever is set here, unless
+    /// this asks for another one: then [`crate::Store::open`] fails (there
+    /// is no migration yet). Any other number is refused at open.
+    ///
+    /// Format 2 is being brought up: one process at a time (a second one
+    /// gets a clear error rather than becoming a guest), no remote tier,
+    /// no verify, export or import yet, no background sweep (run
+    /// [`crate::Store::gc`]); counters restart at each open.
+    pub fn format(mut self, format: u32) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// The format asked for with [`StoreOptions::format`], if any.
+    pub fn get_format(&self) -> Option<u32> {
+        self.format
+    }
+
     /// zstd level for new blobs, clamped to `-7..=19` (default 3).
     pub fn compression_level(mut self, level: i32) -> Self {
         self.compression_level = level.clamp(crate::blobs::MIN_LEVEL, crate::blobs::MAX_LEVEL);

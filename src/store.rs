@@ -3,17 +3,19 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
 
 use crate::blobs::{self, BlobError, BlobHash, Blobs, Staged, StreamError, VerifyingReader};
 use crate::clock::add_ms;
+use crate::engine::{self, Engine, EngineOptions, EntryInfo, HeaderSet, PutMeta};
 use crate::error::{Error, Result};
 use crate::index::{Access, CounterValues, IndexConfig, Lookup, Op, Outcome, RecordRow};
 use crate::key::{self, Category};
 use crate::l1::MemoryTier;
-use crate::layout::Layout;
+use crate::layout::{FORMAT_V2, Layout};
 use crate::options::{Durability, PutOptions, StoreOptions};
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
 use crate::reserve::{self, Reserve, Writable};
@@ -84,6 +86,29 @@ pub(crate) struct Inner {
     l1: Option<MemoryTier>,
     writable: Writable,
     remote: crate::remote::Remote,
+    /// The storage core v2 of a format-2 cache (then `share` is
+    /// detached: see [`Share::detached`]).
+    engine: Option<Engine>,
+    /// A format-2 cache's counters, since open.
+    counts: V2Counts,
+}
+
+/// Counters of a format-2 cache (its index keeps none yet).
+#[derive(Debug, Default)]
+struct V2Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+    puts: AtomicU64,
+}
+
+impl V2Counts {
+    fn add(&self, d: &CounterValues) {
+        self.hits.fetch_add(d.hits, Ordering::Relaxed);
+        self.misses.fetch_add(d.misses, Ordering::Relaxed);
+        self.stale_hits.fetch_add(d.stale_hits, Ordering::Relaxed);
+        self.puts.fetch_add(d.puts, Ordering::Relaxed);
+    }
 }
 
 /// What a put stored.
@@ -162,6 +187,34 @@ impl EntryMeta {
             hits: r.hits,
             last_access: r.last_access,
             pinned: r.pinned,
+        }
+    }
+
+    /// The metadata of a format-2 entry: its payload lives in a pack
+    /// needle or a blob file, never in the index (`inline` is false), and
+    /// its hits are not tracked yet (`hits` 0, `last_access` its creation).
+    fn from_info(key: &[u8], i: &EntryInfo, h: &HeaderSet) -> EntryMeta {
+        let (backend, signature) = key::decode(key).unwrap_or_default();
+        EntryMeta {
+            backend,
+            signature,
+            hash: i.hash,
+            raw_size: i.raw_size,
+            stored_size: i.stored_size,
+            compressed: i.compressed,
+            inline: false,
+            created_at: i.created_at,
+            fetched_at: i.fetched_at,
+            expires_at: i.expires_at.unwrap_or(u64::MAX),
+            category: h
+                .category
+                .as_deref()
+                .map_or(Category::Metadata, Category::parse),
+            content_type: h.content_type.clone(),
+            headers: h.headers.clone(),
+            hits: 0,
+            last_access: i.created_at,
+            pinned: i.pinned,
         }
     }
 
@@ -349,8 +402,11 @@ impl Store {
     /// [`Error::Locked`].
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let layout = Layout::new(dir.as_ref());
-        layout.prepare()?;
+        let format = layout.prepare(opts.format)?;
         layout.warn_if_network_fs();
+        if format == FORMAT_V2 {
+            return Store::open_v2(layout, opts);
+        }
         let sync = opts.durability == Durability::Synced;
         let blobs = Blobs::new(layout.blobs.clone(), layout.tmp.clone(), sync);
         let removed = blobs.clean_staging(opts.staging_grace)?;
@@ -376,6 +432,8 @@ impl Store {
                 l1,
                 writable,
                 remote,
+                engine: None,
+                counts: V2Counts::default(),
             }),
         };
         if reset {
@@ -389,6 +447,124 @@ impl Store {
         }
         crate::gc::start_background(&store);
         Ok(store)
+    }
+
+    /// Opens a format-2 cache: the engine over packs and a lean index, in
+    /// this process alone (no owner socket, no background sweep yet).
+    fn open_v2(layout: Layout, opts: StoreOptions) -> Result<Store> {
+        let unsupported = [
+            (opts.remote.is_some(), "the remote tier"),
+            (opts.max_size.is_some(), "a size cap (max_size)"),
+            (
+                opts.gc_interval.is_some(),
+                "the background sweep (gc_interval)",
+            ),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(Error::NotOnFormat2 {
+                path: layout.root.clone(),
+                what: (*what).into(),
+            });
+        }
+        let eopts = EngineOptions::new()
+            .level(Some(opts.compression_level))
+            .durability(opts.durability)
+            .cache_bytes(opts.cache_capacity)
+            .index_flush(Some(opts.flush_interval))
+            .clock(opts.clock.clone());
+        let engine = Engine::open(&layout.root, eopts)?;
+        let reserve = Reserve::new(&layout.root, &layout.locks, &layout.tmp);
+        let low_space = !hold_reserve(&reserve, &layout);
+        let cfg = IndexConfig {
+            cache_capacity: opts.cache_capacity,
+            flush_interval: opts.flush_interval,
+            sync: opts.durability == Durability::Synced,
+        };
+        let blobs = Blobs::new(
+            layout.blobs.clone(),
+            layout.tmp.clone(),
+            opts.durability == Durability::Synced,
+        );
+        Ok(Store {
+            inner: Arc::new(Inner {
+                share: Share::detached(layout.clone(), cfg),
+                layout,
+                remote: crate::remote::Remote::open(None, &opts)?,
+                l1: MemoryTier::new(opts.memory_tier, opts.memory_tier_max_staleness),
+                opts,
+                blobs,
+                flights: Default::default(),
+                sweeper: crate::gc::Sweeper::default(),
+                writable: Writable::new(reserve, None, low_space),
+                engine: Some(engine),
+                counts: V2Counts::default(),
+            }),
+        })
+    }
+
+    /// The storage core v2 of a format-2 cache; `None` for format 1.
+    pub(crate) fn engine(&self) -> Option<&Engine> {
+        self.inner.engine.as_ref()
+    }
+
+    /// The cache's format (`VERSION`): 1, or 2 for the storage core v2.
+    pub fn format(&self) -> u32 {
+        match self.inner.engine {
+            Some(_) => FORMAT_V2,
+            None => crate::layout::FORMAT_VERSION,
+        }
+    }
+
+    /// Fails with [`Error::NotOnFormat2`] on a format-2 cache: `what` is
+    /// not available there yet.
+    pub(crate) fn v1_only(&self, what: &str) -> Result<()> {
+        match self.inner.engine {
+            Some(_) => Err(Error::NotOnFormat2 {
+                path: self.inner.layout.root.clone(),
+                what: what.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops `key` from the memory tier after a format-2 change.
+    fn forget_v2(&self, keys: &[Vec<u8>]) {
+        let Some(t) = &self.inner.l1 else {
+            return;
+        };
+        let keys = keys.iter().map(|k| ByteBuf::from(k.clone())).collect();
+        t.invalidate(&Op::DeleteMany { keys });
+    }
+
+    /// What a format-2 put records, from the put's options.
+    fn put_meta(&self, opts: &PutOptions) -> PutMeta {
+        let o = &self.inner.opts;
+        PutMeta {
+            ttl: Some(opts.ttl.unwrap_or_else(|| o.ttl.ttl_for(&opts.category))),
+            headers: HeaderSet {
+                content_type: opts.content_type.clone(),
+                category: Some(opts.category.as_str().to_string()),
+                headers: record::redact_headers(&opts.headers, &o.drop_headers),
+            },
+            pinned: opts.pinned,
+            fetched_at: opts.fetched_at,
+        }
+    }
+
+    /// Counts a format-2 put and forgets the key's memory-tier copy.
+    fn committed_v2(&self, key: &[u8], done: Result<engine::PutReport>) -> Result<PutReport> {
+        self.forget_v2(&[key.to_vec()]);
+        let r = done?;
+        self.count(|c| c.puts = 1);
+        Ok(PutReport {
+            hash: r.hash,
+            raw_size: r.raw_size,
+            stored_size: r.stored_size,
+            compressed: r.compressed,
+            inline: false,
+            deduplicated: r.deduplicated,
+            expires_at: r.expires_at,
+        })
     }
 
     /// Why this store cannot change the cache (a read-only filesystem, or
@@ -438,7 +614,10 @@ impl Store {
     fn count(&self, f: impl FnOnce(&mut CounterValues)) {
         let mut d = CounterValues::default();
         f(&mut d);
-        self.inner.share.count(&d);
+        match self.inner.engine {
+            Some(_) => self.inner.counts.add(&d),
+            None => self.inner.share.count(&d),
+        }
     }
 
     /// Stores `payload` under `(backend, signature)`, replacing what was
@@ -452,6 +631,10 @@ impl Store {
     ) -> Result<PutReport> {
         let key = key::encode(backend, signature.as_ref())?;
         self.guard_put(backend, signature.as_ref(), &key, Some(payload), opts)?;
+        if let Some(e) = self.engine() {
+            let done = e.put(backend, signature, payload, &self.put_meta(opts));
+            return self.committed_v2(&key, done);
+        }
         self.put_bytes(&key, payload, opts)
     }
 
@@ -533,6 +716,14 @@ impl Store {
             true => crate::secrets::refusal(Some(&key), "payload"),
             false => source_error(&key, e),
         };
+        if let Some(e) = self.engine() {
+            let done = e.put_reader(backend, signature, &[], &mut src, &self.put_meta(opts));
+            let done = match done {
+                Err(Error::Source { source, .. }) => Err(read_error(source)),
+                other => other,
+            };
+            return self.committed_v2(&key, done);
+        }
         let mut first = Vec::new();
         (&mut src)
             .take(STREAM_MIN as u64)
@@ -752,6 +943,26 @@ impl Store {
             }));
         }
         let generation = l1.map(MemoryTier::generation);
+        if let Some(e) = self.engine() {
+            let found = match allow_stale {
+                true => e.get_stale(backend, signature)?,
+                false => e.get(backend, signature)?,
+            };
+            let Some(hit) = found else {
+                self.count(|c| c.misses = 1);
+                return Ok(None);
+            };
+            let meta = EntryMeta::from_info(&key, &hit.info, &hit.headers);
+            return Ok(Some(self.served(
+                &key,
+                hit.data,
+                meta,
+                now,
+                hit.expired,
+                l1,
+                generation,
+            )));
+        }
         // A second attempt is needed only when the entry changed between the
         // record look-up and the blob read (a concurrent put or delete).
         for _ in 0..3 {
@@ -761,8 +972,9 @@ impl Store {
                     Some(Found::Local(lookup, stale)) => (lookup, stale),
                     // Verified once, in the tier: served as it is.
                     Some(Found::Remote(Filled { record, data })) => {
+                        let meta = EntryMeta::from_record(&key, &record);
                         return Ok(Some(
-                            self.served(&key, data, &record, now, false, l1, generation),
+                            self.served(&key, data, meta, now, false, l1, generation),
                         ));
                     }
                 };
@@ -776,8 +988,9 @@ impl Store {
             };
             match data {
                 Ok(data) => {
+                    let meta = EntryMeta::from_record(&key, &record);
                     return Ok(Some(
-                        self.served(&key, data, &record, now, stale, l1, generation),
+                        self.served(&key, data, meta, now, stale, l1, generation),
                     ));
                 }
                 Err(e) => {
@@ -790,21 +1003,20 @@ impl Store {
         Ok(None)
     }
 
-    /// The hit of verified `data` under `record`: counted, and kept in the
+    /// The hit of verified `data` described by `meta`: counted, and kept in the
     /// memory tier (when it has one and is not serving stale entries).
     #[allow(clippy::too_many_arguments)]
     fn served(
         &self,
         key: &[u8],
         data: Vec<u8>,
-        record: &Record,
+        meta: EntryMeta,
         now: u64,
         stale: bool,
         l1: Option<&MemoryTier>,
         generation: Option<u64>,
     ) -> Hit {
         self.note_hit(key, now, stale);
-        let meta = EntryMeta::from_record(key, record);
         if let (Some(t), Some(g)) = (l1, generation) {
             t.insert(key, &data, &meta, now, g);
         }
@@ -922,6 +1134,19 @@ impl Store {
         signature: &[u8],
         allow_stale: bool,
     ) -> Result<Option<EntryReader>> {
+        if self.engine().is_some() {
+            // Read whole and verified (payloads of format 2 are not
+            // streamed from the cache yet).
+            let Some(hit) = self.read(backend, signature, allow_stale)? else {
+                return Ok(None);
+            };
+            let hash = hit.meta.hash;
+            return Ok(Some(EntryReader {
+                meta: hit.meta,
+                stale: hit.stale,
+                reader: VerifyingReader::verified(hit.data, hash),
+            }));
+        }
         let key = key::encode(backend, signature)?;
         let now = self.now();
         let (Lookup { record, inline }, stale) = match self.lookup_live(&key, now, allow_stale)? {
@@ -975,6 +1200,10 @@ impl Store {
     /// The entry's metadata (live or expired) without reading its payload.
     pub fn meta(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<Option<EntryMeta>> {
         let key = key::encode(backend, signature.as_ref())?;
+        if let Some(e) = self.engine() {
+            let info = e.info(backend, signature)?;
+            return Ok(info.map(|(i, h)| EntryMeta::from_info(&key, &i, &h)));
+        }
         Ok(self
             .inner
             .share
@@ -994,6 +1223,11 @@ impl Store {
     /// other entry uses it (files are reclaimed by GC).
     pub fn delete(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
         let key = key::encode(backend, signature.as_ref())?;
+        if let Some(e) = self.engine() {
+            let done = e.delete(backend, signature);
+            self.forget_v2(&[key]);
+            return done;
+        }
         self.inner.remote.after_delete(&key, true)?;
         let op = Op::Delete {
             key: ByteBuf::from(key),
@@ -1006,6 +1240,11 @@ impl Store {
     /// it); true if it existed.
     pub fn touch(&self, backend: &str, signature: impl AsRef<[u8]>, ttl: Duration) -> Result<bool> {
         let key = key::encode(backend, signature.as_ref())?;
+        if let Some(e) = self.engine() {
+            let done = e.touch(backend, signature, Some(ttl));
+            self.forget_v2(&[key]);
+            return done;
+        }
         let op = Op::Touch {
             key: ByteBuf::from(key),
             expires_at: add_ms(self.now(), ttl),
@@ -1050,6 +1289,9 @@ impl Store {
         mut progress: impl FnMut(u64),
     ) -> Result<u64> {
         let prefix = selector.key_prefix()?;
+        if let Some(e) = self.engine() {
+            return self.clear_v2(e, &prefix, progress);
+        }
         self.inner.remote.after_delete(&prefix, false)?;
         let mut removed = 0;
         loop {
@@ -1065,9 +1307,28 @@ impl Store {
         }
     }
 
+    /// [`Store::clear_with_progress`] on a format-2 cache.
+    fn clear_v2(&self, e: &Engine, prefix: &[u8], mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            let page = e.scan(prefix, None, PAGE)?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, ..)| k).collect();
+            let done = e.delete_keys(&keys);
+            self.forget_v2(&keys);
+            removed += done?;
+            progress(removed);
+        }
+    }
+
     /// Removes every expired entry now (without GC's grace period); returns
     /// how many.
     pub fn purge_expired(&self) -> Result<u64> {
+        if let Some(e) = self.engine() {
+            return e.purge_expired();
+        }
         let now = self.now();
         let mut removed = 0;
         loop {
@@ -1086,6 +1347,9 @@ impl Store {
 
     /// Counts and sizes.
     pub fn stats(&self) -> Result<Stats> {
+        if let Some(e) = self.engine() {
+            return self.stats_v2(e);
+        }
         let index = &self.inner.share;
         let state = index.state()?;
         let expired = index.count_expired(self.now())?.min(state.entries);
@@ -1118,11 +1382,49 @@ impl Store {
         })
     }
 
+    /// [`Store::stats`] of a format-2 cache: `blobs` counts one payload per
+    /// entry, `blob_bytes` the pack files plus the blob files' stored
+    /// sizes; counters are this process's since open.
+    fn stats_v2(&self, e: &Engine) -> Result<Stats> {
+        let s = e.stats()?;
+        let c = &self.inner.counts;
+        let packs: u64 = s.packs.iter().map(|p| p.file_bytes).sum();
+        let backends = s
+            .backends
+            .into_iter()
+            .map(|(name, entries, raw_bytes)| BackendStats {
+                name,
+                entries,
+                raw_bytes,
+            })
+            .collect();
+        Ok(Stats {
+            entries: s.entries,
+            live: s.entries - s.expired,
+            expired: s.expired,
+            blobs: s.entries,
+            raw_bytes: s.raw_bytes,
+            blob_bytes: packs + s.blob_file_bytes,
+            index_bytes: self.index_disk_bytes(),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            stale_hits: c.stale_hits.load(Ordering::Relaxed),
+            puts: c.puts.load(Ordering::Relaxed),
+            corrupt: s.corrupt_reads,
+            index_resets: 0,
+            backends,
+            remote: None,
+        })
+    }
+
     /// Makes everything written so far durable in the index now (it
     /// otherwise happens every flush interval and on close). With a remote
     /// tier writing in the background, first waits (a few seconds at most)
     /// until the queued writes are sent.
     pub fn flush(&self) -> Result<()> {
+        if let Some(e) = self.engine() {
+            return e.flush();
+        }
         self.inner.remote.drain();
         self.inner.share.checkpoint()
     }
@@ -1141,6 +1443,7 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
+        self.v1_only("verify")?;
         self.inner.share.verify(self, opts)
     }
 
@@ -1218,13 +1521,40 @@ impl WeakStore {
     }
 }
 
+impl Store {
+    /// One page of [`Store::list`]: entries under `prefix` after `after`.
+    fn scan_page(&self, prefix: &[u8], after: Option<&[u8]>) -> Result<Vec<ListedRow>> {
+        if let Some(e) = self.engine() {
+            let rows = e.scan(prefix, after, PAGE)?;
+            return Ok(rows
+                .into_iter()
+                .map(|(k, i, h)| {
+                    let meta = EntryMeta::from_info(&k, &i, &h);
+                    (k, Ok(meta))
+                })
+                .collect());
+        }
+        let rows: Vec<RecordRow> = self.inner.share.scan(prefix, after, PAGE)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, rec)| {
+                let meta = rec.map(|r| EntryMeta::from_record(&k, &r));
+                (k, meta)
+            })
+            .collect())
+    }
+}
+
+/// A listed key with its metadata, or why its record cannot be read.
+type ListedRow = (Vec<u8>, std::result::Result<EntryMeta, String>);
+
 /// Iterator over listed entries (see [`Store::list`]).
 #[derive(Debug)]
 pub struct Entries {
     store: Store,
     prefix: Vec<u8>,
     after: Option<Vec<u8>>,
-    page: std::vec::IntoIter<RecordRow>,
+    page: std::vec::IntoIter<ListedRow>,
     done: bool,
 }
 
@@ -1233,9 +1563,9 @@ impl Iterator for Entries {
 
     fn next(&mut self) -> Option<Result<EntryMeta>> {
         loop {
-            if let Some((k, rec)) = self.page.next() {
-                return Some(match rec {
-                    Ok(r) => Ok(EntryMeta::from_record(&k, &r)),
+            if let Some((k, meta)) = self.page.next() {
+                return Some(match meta {
+                    Ok(m) => Ok(m),
                     Err(reason) => Err(Error::CorruptRecord {
                         key: key::display(&k),
                         reason,
@@ -1245,12 +1575,7 @@ impl Iterator for Entries {
             if self.done {
                 return None;
             }
-            let page = match self
-                .store
-                .inner
-                .share
-                .scan(&self.prefix, self.after.as_deref(), PAGE)
-            {
+            let page = match self.store.scan_page(&self.prefix, self.after.as_deref()) {
                 Ok(p) => p,
                 Err(e) => {
                     self.done = true;

@@ -71,6 +71,7 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn export(&self, writer: impl Write, opts: &ExportOptions) -> Result<ExportReport> {
+        self.v1_only("export")?;
         // Access times reach the records in batches: flush them so the
         // accessed-since filter and the exported records see them.
         self.flush()?;

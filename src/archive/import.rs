@@ -89,6 +89,7 @@ impl Store {
     ///
     /// See [`Store::export`] for an example.
     pub fn import(&self, reader: impl Read, opts: &ImportOptions) -> Result<ImportReport> {
+        self.v1_only("import")?;
         let mut archive = tar::Archive::new(reader);
         let mut members = archive
             .entries()

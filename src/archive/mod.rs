@@ -387,6 +387,7 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn remove_unused_since(&self, t: SystemTime) -> Result<u64> {
+        self.v1_only("removing unused entries (access times are not tracked yet)")?;
         self.flush()?;
         let before = crate::clock::system_time_ms(t);
         let mut removed = 0;

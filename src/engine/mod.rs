@@ -26,6 +26,7 @@
 //! socket (not wired yet). See `ARCHITECTURE.md`, "Storage core v2".
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -185,13 +186,25 @@ pub struct PutMeta {
 pub struct PutReport {
     /// blake3 of the payload.
     pub hash: BlobHash,
+    /// Payload size.
+    pub raw_size: u64,
     /// Bytes the payload takes where it is stored (needle or blob file).
     pub stored_size: u64,
     /// The payload went to a blob file.
     pub blob_file: bool,
+    /// The payload is stored zstd-compressed.
+    pub compressed: bool,
+    /// The blob file already existed (same content): nothing new written.
+    pub deduplicated: bool,
+    /// Expiry, ms since the epoch (`u64::MAX`: never).
+    pub expires_at: u64,
     /// Writes this put made: pack appends, sled inserts, blob files.
     pub writes: u32,
 }
+
+/// One entry of [`Engine::scan`]: its encoded key, metadata and header
+/// set.
+pub type Scanned = (Vec<u8>, EntryInfo, Arc<HeaderSet>);
 
 /// An entry's metadata, from its lean record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +225,8 @@ pub struct EntryInfo {
     pub pinned: bool,
     /// Held in a blob file (else a pack needle).
     pub blob_file: bool,
+    /// Stored zstd-compressed.
+    pub compressed: bool,
 }
 
 impl EntryInfo {
@@ -225,6 +240,7 @@ impl EntryInfo {
             fetched_at: r.fetched_at,
             pinned: r.pinned,
             blob_file: matches!(r.place, Place::BlobFile { .. }),
+            compressed: r.zstd,
         }
     }
 }
@@ -261,12 +277,19 @@ pub struct PackStats {
 pub struct EngineStats {
     /// Entries in the index (expired ones included).
     pub entries: u64,
+    /// Of those, entries past their expiry.
+    pub expired: u64,
+    /// Per backend, in name order: its name, entries and payload bytes.
+    pub backends: Vec<(String, u64, u64)>,
     /// Sum of payload sizes.
     pub raw_bytes: u64,
     /// Sum of stored sizes.
     pub stored_bytes: u64,
     /// Entries whose payload is a blob file.
     pub blob_entries: u64,
+    /// Sum of those entries' stored sizes (a file shared by equal
+    /// payloads counts once per entry).
+    pub blob_file_bytes: u64,
     /// Distinct header sets stored.
     pub header_sets: u64,
     /// zstd dictionaries stored (every backend's, past and current).
@@ -409,19 +432,7 @@ impl Engine {
         meta: &PutMeta,
     ) -> Result<PutReport> {
         let key = key::encode(backend, signature.as_ref())?;
-        let now = self.opts.clock.now_ms();
-        let template = LeanRecord {
-            place: Place::BlobFile { stored_size: 0 },
-            hash: BlobHash([0; 32]),
-            raw_size: payload.len() as u64,
-            zstd: false,
-            dict: 0,
-            expires_at: meta.ttl.map_or(u64::MAX, |t| add_ms(now, t)),
-            created_at: now,
-            fetched_at: meta.fetched_at.unwrap_or(now),
-            pinned: meta.pinned,
-            header_set: 0,
-        };
+        let template = self.template(payload.len() as u64, meta);
         if payload.len() > self.opts.blob_threshold {
             return self.put_blob_file(&key, payload, template, &meta.headers);
         }
@@ -465,8 +476,12 @@ impl Engine {
         writes += more;
         Ok(PutReport {
             hash: prepared.hash,
+            raw_size: record.raw_size,
             stored_size: record.stored_size(),
             blob_file: false,
+            compressed: record.zstd,
+            deduplicated: false,
+            expires_at: record.expires_at,
             writes,
         })
     }
@@ -510,12 +525,80 @@ impl Engine {
         template: LeanRecord,
         headers: &HeaderSet,
     ) -> Result<PutReport> {
-        let level = self.opts.level.unwrap_or(0);
-        let codec = match self.opts.level {
-            Some(l) => blobs::choose_stream_codec(payload, l),
-            None => Codec::Raw,
+        let (codec, level) = self.stream_codec(payload);
+        let staged = self.stage_blob_file(payload, codec, level)?;
+        self.commit_blob_file(key, staged, template, headers)
+    }
+
+    /// The codec and level of a blob file whose payload starts with
+    /// `first`.
+    fn stream_codec(&self, first: &[u8]) -> (Codec, i32) {
+        match self.opts.level {
+            Some(l) => (blobs::choose_stream_codec(first, l), l),
+            None => (Codec::Raw, 0),
+        }
+    }
+
+    /// Stores a payload of `first` followed by what `rest` yields, in
+    /// bounded memory: small ones as [`Engine::put`] does, larger ones
+    /// streamed into a blob file. A failing `rest` is an
+    /// [`Error::Source`] and stores nothing.
+    pub fn put_reader(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+        first: &[u8],
+        rest: &mut dyn Read,
+        meta: &PutMeta,
+    ) -> Result<PutReport> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let source = |e| Error::Source {
+            key: key::display(&key),
+            source: e,
         };
-        let mut staged = self.stage_blob_file(payload, codec, level)?;
+        let mut head = Vec::new();
+        let limit = (self.opts.blob_threshold + 1).saturating_sub(first.len()) as u64;
+        rest.take(limit).read_to_end(&mut head).map_err(source)?;
+        if first.len() + head.len() <= self.opts.blob_threshold {
+            return self.put(backend, signature, &[first, &head[..]].concat(), meta);
+        }
+        let (codec, level) = self.stream_codec(first);
+        let mut chained = (&head[..]).chain(rest);
+        let staged = match self.blobs.write_stream(first, &mut chained, codec, level) {
+            Ok(staged) => staged,
+            Err(StreamError::Source(e)) => return Err(source(e)),
+            Err(StreamError::Store(e)) => return Err(e),
+        };
+        let template = self.template(staged.written.raw_size, meta);
+        self.commit_blob_file(&key, staged, template, &meta.headers)
+    }
+
+    /// The record of a put at `now` before its payload is placed.
+    fn template(&self, raw_size: u64, meta: &PutMeta) -> LeanRecord {
+        let now = self.opts.clock.now_ms();
+        LeanRecord {
+            place: Place::BlobFile { stored_size: 0 },
+            hash: BlobHash([0; 32]),
+            raw_size,
+            zstd: false,
+            dict: 0,
+            expires_at: meta.ttl.map_or(u64::MAX, |t| add_ms(now, t)),
+            created_at: now,
+            fetched_at: meta.fetched_at.unwrap_or(now),
+            pinned: meta.pinned,
+            header_set: 0,
+        }
+    }
+
+    /// Names the staged blob file in a needle and the index (under the
+    /// writer lock).
+    fn commit_blob_file(
+        &self,
+        key: &[u8],
+        mut staged: blobs::Staged,
+        template: LeanRecord,
+        headers: &HeaderSet,
+    ) -> Result<PutReport> {
         let mut w = self.lock_writer();
         self.keep_blob_file(&mut w, &mut staged)?;
         let written = &staged.written;
@@ -535,8 +618,12 @@ impl Engine {
         writes += self.advance_mark(&mut w, loc)?;
         Ok(PutReport {
             hash: written.hash,
+            raw_size: record.raw_size,
             stored_size: written.stored_size,
             blob_file: true,
+            compressed: record.zstd,
+            deduplicated: written.existed,
+            expires_at: record.expires_at,
             writes,
         })
     }
@@ -750,7 +837,66 @@ impl Engine {
     /// Removes the entry; false when there was none. The payload's bytes
     /// stay until compaction (packs) or the sweep (blob files).
     pub fn delete(&self, backend: &str, signature: impl AsRef<[u8]>) -> Result<bool> {
-        self.change(backend, signature.as_ref(), |_| Intent::Delete)
+        let key = key::encode(backend, signature.as_ref())?;
+        self.change(&key, |_| Intent::Delete)
+    }
+
+    /// Removes the entries under the encoded keys `keys` (see
+    /// [`crate::key::encode`]); returns how many existed.
+    pub fn delete_keys(&self, keys: &[Vec<u8>]) -> Result<u64> {
+        let mut removed = 0;
+        for k in keys {
+            removed += u64::from(self.change(k, |_| Intent::Delete)?);
+        }
+        Ok(removed)
+    }
+
+    /// The entry's metadata and header set (expired ones included),
+    /// without reading its payload.
+    pub fn info(
+        &self,
+        backend: &str,
+        signature: impl AsRef<[u8]>,
+    ) -> Result<Option<(EntryInfo, Arc<HeaderSet>)>> {
+        let key = key::encode(backend, signature.as_ref())?;
+        let Some((raw, record)) = self.record(&key)? else {
+            return Ok(None);
+        };
+        match self.headers.get(record.header_set) {
+            Ok(h) => Ok(Some((EntryInfo::of(&record), h))),
+            Err(reason) => self.drop_corrupt(&key, raw, &reason).map(|_| None),
+        }
+    }
+
+    /// Up to `limit` entries whose encoded key starts with `prefix` and
+    /// sorts after `after`, in key order, with their header sets (expired
+    /// ones included). Undecodable records are skipped and logged.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Scanned>> {
+        let range = match after {
+            Some(a) => self
+                .records
+                .range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.records.range::<&[u8], _>(prefix..),
+        };
+        let mut out = Vec::new();
+        for kv in range {
+            let (k, v) = kv.map_err(|e| self.index_err(e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            let decoded = LeanRecord::decode(&v)
+                .and_then(|r| Ok((EntryInfo::of(&r), self.headers.get(r.header_set)?)));
+            match decoded {
+                Ok((info, headers)) => out.push((k.to_vec(), info, headers)),
+                Err(e) => log::warn!("skipping {}: {e}", key::display(&k)),
+            }
+        }
+        Ok(out)
     }
 
     /// Gives the entry a new time to live from now (`None`: never
@@ -763,27 +909,20 @@ impl Engine {
     ) -> Result<bool> {
         let now = self.opts.clock.now_ms();
         let expires_at = ttl.map_or(u64::MAX, |t| add_ms(now, t));
-        self.change(backend, signature.as_ref(), |r| {
-            Intent::Set(LeanRecord { expires_at, ..r })
-        })
+        let key = key::encode(backend, signature.as_ref())?;
+        self.change(&key, |r| Intent::Set(LeanRecord { expires_at, ..r }))
     }
 
     /// Logs and applies the change `f` makes to an existing entry; false
     /// when there is no entry.
-    fn change(
-        &self,
-        backend: &str,
-        signature: &[u8],
-        f: impl FnOnce(LeanRecord) -> Intent,
-    ) -> Result<bool> {
-        let key = key::encode(backend, signature)?;
+    fn change(&self, key: &[u8], f: impl FnOnce(LeanRecord) -> Intent) -> Result<bool> {
         let mut w = self.lock_writer();
-        let Some((_, record)) = self.record(&key)? else {
+        let Some((_, record)) = self.record(key)? else {
             return Ok(false);
         };
         let intent = f(record);
-        let loc = self.log(&mut w, &key, &intent, b"")?;
-        self.apply(&key, &intent)?;
+        let loc = self.log(&mut w, key, &intent, b"")?;
+        self.apply(key, &intent)?;
         self.advance_mark(&mut w, loc)?;
         Ok(true)
     }
@@ -831,17 +970,23 @@ impl Engine {
             ..EngineStats::default()
         };
         let mut live: HashMap<u32, u64> = HashMap::new();
+        let now = self.opts.clock.now_ms();
         for kv in self.records.iter() {
-            let (_, v) = kv.map_err(|e| self.index_err(e))?;
+            let (k, v) = kv.map_err(|e| self.index_err(e))?;
             let Ok(r) = LeanRecord::decode(&v) else {
                 continue;
             };
+            count_backend(&mut s.backends, &k, r.raw_size);
+            s.expired += u64::from(r.expires_at <= now);
             s.entries += 1;
             s.raw_bytes += r.raw_size;
             s.stored_bytes += r.stored_size();
             match r.place {
                 Place::Pack(loc) => *live.entry(loc.pack).or_default() += u64::from(loc.len),
-                Place::BlobFile { .. } => s.blob_entries += 1,
+                Place::BlobFile { stored_size } => {
+                    s.blob_entries += 1;
+                    s.blob_file_bytes += stored_size;
+                }
             }
         }
         for id in self.dir.pack_ids().map_err(pack_error)? {
@@ -957,6 +1102,20 @@ fn open_sled(path: &Path, opts: &EngineOptions) -> Result<sled::Db> {
 /// reports it as an `Other` error with this text).
 fn is_lock_busy(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Adds an entry of `raw_size` bytes under `key` to the per-backend
+/// counts (keys arrive in order, so a backend's entries are adjacent).
+fn count_backend(backends: &mut Vec<(String, u64, u64)>, key: &[u8], raw_size: u64) {
+    let len = key.first().map_or(0, |&l| usize::from(l));
+    let name = key.get(1..=len).unwrap_or_default();
+    match backends.last_mut() {
+        Some((last, n, bytes)) if last.as_bytes() == name => {
+            *n += 1;
+            *bytes += raw_size;
+        }
+        _ => backends.push((String::from_utf8_lossy(name).into_owned(), 1, raw_size)),
+    }
 }
 
 fn pack_error(e: PackError) -> Error {

@@ -82,7 +82,7 @@ impl Engine {
             return Ok(None);
         };
         let mut report = SweepReport {
-            expired: self.purge_expired(opts.grace)?,
+            expired: self.purge_expired_past(opts.grace)?,
             ..SweepReport::default()
         };
         self.sweep_blob_files(opts.safety_window, &mut report)?;
@@ -111,8 +111,14 @@ impl Engine {
         }
     }
 
+    /// Removes every expired entry now (no grace, no lock: entries only,
+    /// their bytes wait for a sweep); returns how many.
+    pub fn purge_expired(&self) -> Result<u64> {
+        self.purge_expired_past(Duration::ZERO)
+    }
+
     /// Removes every entry expired at least `grace` ago; returns how many.
-    fn purge_expired(&self, grace: Duration) -> Result<u64> {
+    fn purge_expired_past(&self, grace: Duration) -> Result<u64> {
         let now = self.opts.clock.now_ms();
         let grace = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let mut purged = 0;

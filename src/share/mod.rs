@@ -205,6 +205,41 @@ impl Share {
         Ok((share, reset))
     }
 
+    /// A stand-in for a format-2 cache, whose index is the engine's: it
+    /// holds no index, serves nobody, and every index operation reaching
+    /// it fails with [`Error::NotOnFormat2`] (counters are dropped).
+    pub fn detached(layout: Layout, cfg: IndexConfig) -> Share {
+        let owner = Owner {
+            server: None,
+            index: None,
+            lock: None,
+        };
+        Share {
+            p: Params {
+                layout,
+                cfg,
+                sharing: Sharing::Exclusive,
+                timeout: Duration::ZERO,
+            },
+            current: RwLock::new(Current {
+                generation: 0,
+                role: Role::Owner(owner),
+            }),
+            store: OnceLock::new(),
+            pending: Mutex::default(),
+        }
+    }
+
+    /// The error of an index operation on a [`Share::detached`] one.
+    fn no_index(&self) -> Error {
+        Error::NotOnFormat2 {
+            path: self.p.layout.root.clone(),
+            what: "this operation of the format-1 index (verify, export, import, repair, \
+                   remote fill)"
+                .into(),
+        }
+    }
+
     /// Starts serving guests once the store exists (owners only).
     pub fn start(&self, store: Weak<Inner>) -> Result<()> {
         let store = self.store.get_or_init(|| store);
@@ -332,6 +367,7 @@ impl Share {
                         drop(cur);
                         return match (ix, local.take()) {
                             (Some(ix), Some(f)) => f(&ix),
+                            (None, _) => Err(self.no_index()),
                             _ => Err(poisoned()),
                         };
                     }
@@ -377,6 +413,7 @@ impl Share {
             Role::Owner(Owner {
                 index: Some(ix), ..
             }) => Ok(ix.clone()),
+            Role::Owner(Owner { index: None, .. }) => Err(self.no_index()),
             _ => Err(Error::Owner {
                 message: "this operation must run in the owner process".into(),
             }),
