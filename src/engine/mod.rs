@@ -871,12 +871,7 @@ impl Engine {
     /// Up to `limit` entries whose encoded key starts with `prefix` and
     /// sorts after `after`, in key order, with their header sets (expired
     /// ones included). Undecodable records are skipped and logged.
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Scanned>> {
+    pub fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<Scanned>> {
         let range = match after {
             Some(a) => self
                 .records
