@@ -179,6 +179,12 @@ pub struct PutMeta {
     /// When the upstream produced the payload, ms since the epoch
     /// (`None`: now).
     pub fetched_at: Option<u64>,
+    /// An absolute expiry, ms since the epoch, taking precedence over
+    /// `ttl` (`u64::MAX`: never): for entries carried over from elsewhere
+    /// (a format-1 cache, an archive) that keep their own times.
+    pub expires_at: Option<u64>,
+    /// When the entry was first stored, ms since the epoch (`None`: now).
+    pub created_at: Option<u64>,
 }
 
 /// What a put did.
@@ -582,8 +588,10 @@ impl Engine {
             raw_size,
             zstd: false,
             dict: 0,
-            expires_at: meta.ttl.map_or(u64::MAX, |t| add_ms(now, t)),
-            created_at: now,
+            expires_at: meta
+                .expires_at
+                .unwrap_or_else(|| meta.ttl.map_or(u64::MAX, |t| add_ms(now, t))),
+            created_at: meta.created_at.unwrap_or(now),
             fetched_at: meta.fetched_at.unwrap_or(now),
             pinned: meta.pinned,
             header_set: 0,
