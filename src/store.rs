@@ -548,6 +548,8 @@ impl Store {
             },
             pinned: opts.pinned,
             fetched_at: opts.fetched_at,
+            expires_at: None,
+            created_at: None,
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
-use crate::blobs::{self, BlobError, BlobHash, Walked};
+use crate::blobs::{self, BlobError, BlobHash, FileProblem, Walked};
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::index::{Op, Snapshot, file_blob_info};
@@ -366,57 +366,20 @@ fn check_blob(
             .err()
             .map(blob_verdict);
     }
-    let path = store.blob_store().path_for(&rec.hash);
-    let meta = match store.blob_store().file_meta(&rec.hash) {
-        Ok(m) => m,
-        Err(e) if fsutil::is_symlink_error(&e) => {
-            return Some((
-                ProblemKind::CorruptBlob,
-                format!("{} lies under a symbolic link", path.display()),
-            ));
-        }
-        Err(_) => {
-            return Some((
-                ProblemKind::MissingBlob,
-                format!("{} does not exist", path.display()),
-            ));
-        }
-    };
-    if !meta.is_file() {
-        return Some((
-            ProblemKind::CorruptBlob,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
     let expected = info.map_or(rec.stored_size, |i| i.stored_size);
-    if meta.len() != expected && !same_content(store, rec) {
-        return Some((
-            ProblemKind::CorruptBlob,
-            format!(
-                "{} is {} bytes, expected {expected}",
-                path.display(),
-                meta.len()
-            ),
-        ));
-    }
-    if !full {
-        return None;
-    }
     store
         .blob_store()
-        .check_file_counted(&rec.hash, rec.codec, rec.raw_size, counter)
-        .err()
-        .map(blob_verdict)
+        .inspect(&rec.hash, rec.codec, rec.raw_size, expected, full, counter)
+        .map(file_verdict)
 }
 
-/// True when the blob file decodes to the record's content: a file of
-/// another length may be a recompressed blob whose index update a crash cut
-/// short (the next sweep records its size).
-fn same_content(store: &Store, rec: &Record) -> bool {
-    store
-        .blob_store()
-        .check_file(&rec.hash, rec.codec, rec.raw_size)
-        .is_ok()
+/// A blob file's problem as verify reports it.
+fn file_verdict(p: FileProblem) -> (ProblemKind, String) {
+    let kind = match p.missing {
+        true => ProblemKind::MissingBlob,
+        false => ProblemKind::CorruptBlob,
+    };
+    (kind, p.why)
 }
 
 fn blob_verdict(e: BlobError) -> (ProblemKind, String) {

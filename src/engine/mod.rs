@@ -44,6 +44,8 @@ use crate::pack::{
 use crate::policy::Durability;
 use crate::record::Codec;
 
+mod carry;
+mod check;
 mod compact;
 mod dictionaries;
 pub mod headers;
@@ -51,6 +53,8 @@ mod intent;
 mod recovery;
 mod sweep;
 
+pub use carry::Carried;
+pub use check::{CheckOptions, CheckProgress, CheckReport, Damage, Finding};
 pub use compact::CompactReport;
 use dictionaries::Dictionaries;
 pub use headers::HeaderSet;
@@ -179,6 +183,10 @@ pub struct PutMeta {
     /// When the upstream produced the payload, ms since the epoch
     /// (`None`: now).
     pub fetched_at: Option<u64>,
+    /// Absolute expiry, ms since the epoch (`Some`: overrides `ttl`).
+    pub expires_at: Option<u64>,
+    /// When the entry was written, ms since the epoch (`None`: now).
+    pub created_at: Option<u64>,
 }
 
 /// What a put did.
@@ -582,8 +590,10 @@ impl Engine {
             raw_size,
             zstd: false,
             dict: 0,
-            expires_at: meta.ttl.map_or(u64::MAX, |t| add_ms(now, t)),
-            created_at: now,
+            expires_at: meta
+                .expires_at
+                .unwrap_or_else(|| meta.ttl.map_or(u64::MAX, |t| add_ms(now, t))),
+            created_at: meta.created_at.unwrap_or(now),
             fetched_at: meta.fetched_at.unwrap_or(now),
             pinned: meta.pinned,
             header_set: 0,
