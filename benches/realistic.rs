@@ -14,8 +14,11 @@
 //! - `sled-zstd`: raw sled storing the zstd-3 compressed payload (get
 //!   decompresses; no hashing, no metadata, no journal);
 //! - `blobcache`: this crate, in-process owner, default options (L1 off);
-//! - `engine-v2`: storage core v2 (`blobcache::engine`, not yet behind
-//!   `Store`), default options: needles in packs read with `pread`, lean
+//! - `blobcache-v2`: this crate on a format-2 cache
+//!   (`StoreOptions::format(2)`): `Store` over the storage core v2, the
+//!   same defaults;
+//! - `engine-v2`: storage core v2 (`blobcache::engine`) used directly,
+//!   default options: needles in packs read with `pread`, lean
 //!   80-byte records in sled, header sets stored once, a zstd dictionary
 //!   per backend trained from its first 1,000 small payloads;
 //! - `engine-v2-nodict`: the same without dictionaries;
@@ -72,13 +75,14 @@ trait System: Send + Sync {
     fn handle(&self) -> Box<dyn Handle>;
 }
 
-const SYSTEMS: [&str; 9] = [
+const SYSTEMS: [&str; 10] = [
     "sqlite-rowid",
     "sqlite-norowid",
     "cacache",
     "sled-lean",
     "sled-zstd",
     "blobcache",
+    "blobcache-v2",
     "engine-v2",
     "engine-v2-nodict",
     "engine-v2-mmap",
@@ -93,6 +97,10 @@ fn open_system(name: &str, dir: &Path) -> Box<dyn System> {
         "sled-zstd" => Box::new(RawSled::open(dir, true)),
         "blobcache" => Box::new(Blobcache(
             Store::open(dir, StoreOptions::default()).unwrap(),
+            PutOptions::new(),
+        )),
+        "blobcache-v2" => Box::new(Blobcache(
+            Store::open(dir, StoreOptions::default().format(2)).unwrap(),
             PutOptions::new(),
         )),
         "engine-v2" => EngineV2::open(dir, EngineOptions::new()),

@@ -10,6 +10,7 @@
 //!   locks/      owner.lock, gc.lock, space.reserve, fetch/<key hash>.lock
 //!   quarantine/ foreign files `verify --repair` moved out of blobs/
 //!   packs/, dicts/  storage core v2 (format-2 caches: see engine/)
+//!   migrating/, retired/  a format-1 → 2 migration under way (migrate.rs)
 //! ```
 
 use std::fs::{self, File};
@@ -38,6 +39,8 @@ pub(crate) const OWN_NAMES: &[&str] = &[
     "packs",
     "dicts",
     "quarantine",
+    "migrating",
+    "retired",
 ];
 
 /// Paths of one cache directory.
@@ -70,8 +73,8 @@ impl Layout {
     /// a newer format, a directory that holds other things, and symlinked
     /// subdirectories. Writes `VERSION` when missing: `want`, or
     /// [`FORMAT_VERSION`]. Returns the cache's format; an existing cache
-    /// keeps its own, and asking for another one is an error (there is no
-    /// migration between them yet).
+    /// keeps its own: asking a format-1 cache for format 2 returns 1 (the
+    /// store then migrates it), asking for an older format is an error.
     pub fn prepare(&self, want: Option<u32>) -> Result<u32> {
         if let Some(w) = want.filter(|w| !(FORMAT_VERSION..=FORMAT_V2).contains(w)) {
             return Err(Error::NotACache {
@@ -114,12 +117,13 @@ impl Layout {
             ensure_dir(dir)?;
         }
         match (self.read_version()?, want) {
-            (Some(found), Some(w)) if found != w => Err(Error::NotACache {
+            // 1 → 2 is a migration, done by the store (see migrate.rs).
+            (Some(found), Some(w)) if w < found => Err(Error::NotACache {
                 path: self.root.clone(),
                 reason: format!(
                     "it is a format-{found} cache and format {w} was asked for; there is no \
-                     migration between formats yet: open it without choosing a format, or \
-                     use a new directory for format {w}"
+                     migration back to an older format: open it without choosing a format, \
+                     or use a new directory for format {w}"
                 ),
             }),
             (Some(found), _) => Ok(found),

@@ -52,6 +52,7 @@ mod journal;
 pub mod key;
 mod l1;
 mod layout;
+mod migrate;
 mod mmap;
 mod options;
 mod outboard;

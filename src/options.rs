@@ -89,10 +89,17 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// The on-disk format of a new cache: 1 (the default today) or 2, the
     /// storage core v2 (payloads in append-only pack files, a lean sled
-    /// index; see ARCHITECTURE.md §5). An existing cache keeps the format
-    /// its `VERSION` file names and opens whatever is set here, unless
-    /// this asks for another one: then [`crate::Store::open`] fails (there
-    /// is no migration yet). Any other number is refused at open.
+    /// index; see ARCHITECTURE.md §5). Left unset, an existing cache
+    /// opens in the format its `VERSION` file names. Asking a format-1
+    /// cache for format 2 **migrates it in place** at open: every entry,
+    /// expired ones included, is carried over with its times, headers,
+    /// category and pin, crash-safely (a `kill -9` at any point leaves a
+    /// cache that opens, in format 1 or 2, with every entry); it needs the
+    /// cache to itself (another process using it makes the open fail with
+    /// [`crate::Error::Locked`] after the owner timeout, changing nothing)
+    /// and room for the new copy beside the old one until it is done.
+    /// Asking a format-2 cache for format 1 is an error (no way back);
+    /// any other number is refused at open.
     ///
     /// Format 2 is being brought up: one process at a time (a second one
     /// gets a clear error rather than becoming a guest), no remote tier,

@@ -404,7 +404,15 @@ impl Store {
         let layout = Layout::new(dir.as_ref());
         let format = layout.prepare(opts.format)?;
         layout.warn_if_network_fs();
+        if format != FORMAT_V2 && opts.format == Some(FORMAT_V2) {
+            v2_supports(&layout, &opts)?;
+            crate::migrate::to_v2(&layout, &opts, |root| {
+                Engine::open(root, engine_options(&opts))
+            })?;
+            return Store::open_v2(layout, opts);
+        }
         if format == FORMAT_V2 {
+            crate::migrate::resume(&layout, opts.owner_timeout)?;
             return Store::open_v2(layout, opts);
         }
         let sync = opts.durability == Durability::Synced;
@@ -452,27 +460,8 @@ impl Store {
     /// Opens a format-2 cache: the engine over packs and a lean index, in
     /// this process alone (no owner socket, no background sweep yet).
     fn open_v2(layout: Layout, opts: StoreOptions) -> Result<Store> {
-        let unsupported = [
-            (opts.remote.is_some(), "the remote tier"),
-            (opts.max_size.is_some(), "a size cap (max_size)"),
-            (
-                opts.gc_interval.is_some(),
-                "the background sweep (gc_interval)",
-            ),
-        ];
-        if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
-            return Err(Error::NotOnFormat2 {
-                path: layout.root.clone(),
-                what: (*what).into(),
-            });
-        }
-        let eopts = EngineOptions::new()
-            .level(Some(opts.compression_level))
-            .durability(opts.durability)
-            .cache_bytes(opts.cache_capacity)
-            .index_flush(Some(opts.flush_interval))
-            .clock(opts.clock.clone());
-        let engine = Engine::open(&layout.root, eopts)?;
+        v2_supports(&layout, &opts)?;
+        let engine = Engine::open(&layout.root, engine_options(&opts))?;
         let reserve = Reserve::new(&layout.root, &layout.locks, &layout.tmp);
         let low_space = !hold_reserve(&reserve, &layout);
         let cfg = IndexConfig {
@@ -548,8 +537,7 @@ impl Store {
             },
             pinned: opts.pinned,
             fetched_at: opts.fetched_at,
-            expires_at: None,
-            created_at: None,
+            ..PutMeta::default()
         }
     }
 
@@ -1651,6 +1639,36 @@ fn open_share(
         reset,
         Writable::new(reserve, Some(reason.into()), false),
     ))
+}
+
+/// Fails with [`Error::NotOnFormat2`] when `opts` asks for something a
+/// format-2 cache does not do yet.
+fn v2_supports(layout: &Layout, opts: &StoreOptions) -> Result<()> {
+    let unsupported = [
+        (opts.remote.is_some(), "the remote tier"),
+        (opts.max_size.is_some(), "a size cap (max_size)"),
+        (
+            opts.gc_interval.is_some(),
+            "the background sweep (gc_interval)",
+        ),
+    ];
+    match unsupported.iter().find(|(set, _)| *set) {
+        Some((_, what)) => Err(Error::NotOnFormat2 {
+            path: layout.root.clone(),
+            what: (*what).into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The engine options a format-2 cache opens with.
+fn engine_options(opts: &StoreOptions) -> EngineOptions {
+    EngineOptions::new()
+        .level(Some(opts.compression_level))
+        .durability(opts.durability)
+        .cache_bytes(opts.cache_capacity)
+        .index_flush(Some(opts.flush_interval))
+        .clock(opts.clock.clone())
 }
 
 /// Makes sure the space reserve is allocated; false when the disk is too

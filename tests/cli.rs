@@ -1888,3 +1888,45 @@ fn import_on_a_terminal_shows_the_step_and_bytes() {
     assert!(text.contains("imported 2 entries"), "{text}");
     assert_eq!(get(&dst, "b", "b").stdout, payload);
 }
+
+#[test]
+fn format_2_is_chosen_for_a_new_cache_and_kept_by_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    put(&dir, "tmdb", "movie/1", b"{\"id\":1}", &["--format", "2"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("VERSION")).unwrap().trim(),
+        "2"
+    );
+    // Later calls need no flag: the directory says format 2.
+    assert_eq!(get(&dir, "tmdb", "movie/1").stdout, b"{\"id\":1}");
+    let mut c = cli(&dir);
+    c.env("BLOBCACHE_FORMAT", "2")
+        .args(["put", "tmdb", "movie/2", "-"]);
+    assert_eq!(code(&run_cmd(c, b"two")), 0);
+    assert_eq!(get(&dir, "tmdb", "movie/2").stdout, b"two");
+    // Asking it for format 1 is one clear line; nothing is lost.
+    let err = assert_one_line_error(&run(
+        &dir,
+        &["--format", "1", "get", "tmdb", "movie/1"],
+        b"",
+    ));
+    assert!(
+        err.contains("format-2 cache and format 1 was asked for"),
+        "{err}"
+    );
+    // What format 2 lacks says so.
+    let err = assert_one_line_error(&run(&dir, &["verify"], b""));
+    assert!(err.contains("format-2 cache"), "{err}");
+    assert_eq!(get(&dir, "tmdb", "movie/1").stdout, b"{\"id\":1}");
+}
+
+#[test]
+fn an_unknown_format_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let o = run(&dir, &["--format", "3", "put", "a", "k", "-"], b"x");
+    let err = assert_one_line_error(&o);
+    assert!(err.contains("--format"), "{err}");
+    assert!(!dir.exists(), "a refused format must create nothing");
+}

@@ -68,6 +68,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "BLOBCACHE_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
 
+    /// The on-disk format of a new cache: 1 (the default) or 2, the
+    /// storage core v2 (payloads in pack files, a lean index). An existing
+    /// cache keeps its own; asking it for another one is an error.
+    #[arg(long, global = true, env = "BLOBCACHE_FORMAT", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=2))]
+    format: Option<u32>,
+
     /// Machine-readable output: one JSON document on stdout (field names
     /// are stable; see README).
     #[arg(long, global = true, env = "BLOBCACHE_JSON", value_parser = FalseyValueParser::new())]
@@ -283,6 +290,8 @@ pub struct Ctx {
     drop_headers: Vec<String>,
     /// `--remote` and its companions.
     pub remote: Option<RemoteOptions>,
+    /// `--format`.
+    format: Option<u32>,
 }
 
 impl Ctx {
@@ -296,6 +305,9 @@ impl Ctx {
         }
         if let Some(r) = &self.remote {
             opts = opts.remote(r.clone());
+        }
+        if let Some(f) = self.format {
+            opts = opts.format(f);
         }
         opts
     }
@@ -437,6 +449,7 @@ pub fn main() -> ExitCode {
             deny_secrets: cli.deny_secrets,
             drop_headers: cli.drop_headers,
             remote,
+            format: cli.format,
         };
         cli.command.run(&ctx)
     });

@@ -183,9 +183,11 @@ pub struct PutMeta {
     /// When the upstream produced the payload, ms since the epoch
     /// (`None`: now).
     pub fetched_at: Option<u64>,
-    /// Absolute expiry, ms since the epoch (`Some`: overrides `ttl`).
+    /// An absolute expiry, ms since the epoch, taking precedence over
+    /// `ttl` (`u64::MAX`: never): for entries carried over from elsewhere
+    /// (a format-1 cache, an archive) that keep their own times.
     pub expires_at: Option<u64>,
-    /// When the entry was written, ms since the epoch (`None`: now).
+    /// When the entry was first stored, ms since the epoch (`None`: now).
     pub created_at: Option<u64>,
 }
 

@@ -736,6 +736,19 @@ impl Params {
     }
 
     fn become_owner(&self, lock: File, store: Option<&Weak<Inner>>) -> Result<(Role, Reset)> {
+        // A process that waited for the lock may find the cache migrated
+        // to format 2 meanwhile (migrate.rs): its index is not ours to open.
+        if let Some(found) = self.layout.read_version()?
+            && found != crate::layout::FORMAT_VERSION
+        {
+            return Err(Error::NotACache {
+                path: self.layout.root.clone(),
+                reason: format!(
+                    "it became a format-{found} cache while this process was waiting for it; \
+                     open it again"
+                ),
+            });
+        }
         let (index, reset) = Index::open(&self.layout.index, &self.layout.journal, &self.cfg)?;
         let mut owner = Owner {
             server: None,

@@ -18,7 +18,9 @@ pub fn bin() -> PathBuf {
 pub fn cli(dir: &Path) -> Command {
     let mut c = Command::new(bin());
     c.arg("--dir").arg(dir);
-    c.env_remove("BLOBCACHE_DIR").env("RUST_LOG", "error");
+    c.env_remove("BLOBCACHE_DIR")
+        .env_remove("BLOBCACHE_FORMAT")
+        .env("RUST_LOG", "error");
     c
 }
 

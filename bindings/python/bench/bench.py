@@ -6,7 +6,9 @@ Systems: ``sqlite-norowid`` (a ``WITHOUT ROWID`` table keyed by
 ``(backend, signature)``), ``sqlite-rowid`` (the same columns in a rowid
 table with that primary key), both WAL, ``synchronous=NORMAL``, autocommit
 (one commit per set); ``diskcache`` (python-diskcache, ``Cache``, tuple
-keys); ``blobcache`` (``blobcache.Cache`` with default options).
+keys); ``blobcache`` (``blobcache.Cache`` with default options) and
+``blobcache-v2`` (the same on a format-2 cache, ``format=2``: the storage
+core v2).
 
 Payloads: deterministic JSON shaped like TMDB, AniList and Audnexus
 responses (the distribution of the Rust generator ``src/testkit/responses.rs``:
@@ -282,12 +284,12 @@ class DiskCache:
 
 
 class Blobcache:
-    """``blobcache.Cache`` with default options."""
+    """``blobcache.Cache`` with default options (``format`` 1 or 2)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, format: int = 1) -> None:
         import blobcache
 
-        self.c = blobcache.Cache(root)
+        self.c = blobcache.Cache(root, format=format)
 
     def set(self, key: Key, payload: bytes) -> None:
         self.c.set(key[0], key[1], payload, ttl_seconds=TTL)
@@ -304,6 +306,7 @@ SYSTEMS: Dict[str, Callable[[str], Any]] = {
     "sqlite-rowid": lambda d: Sqlite(d, rowid=True),
     "diskcache": DiskCache,
     "blobcache": Blobcache,
+    "blobcache-v2": lambda d: Blobcache(d, format=2),
 }
 
 # ------------------------------------------------------------- measuring
@@ -403,8 +406,10 @@ def table(results: Dict[str, Dict[str, float]], threads: int) -> str:
             f"| {m['get_p99']:.1f} | {m['tput']:,.0f} | {m['disk']:.2f} |"
         )
     sqlites = [n for n in ("sqlite-rowid", "sqlite-norowid") if n in results]
-    if "blobcache" in results and sqlites:
-        b = results["blobcache"]
+    for name in ("blobcache", "blobcache-v2"):
+        if name not in results or not sqlites:
+            continue
+        b = results[name]
         best = {
             "set_med": min(results[n]["set_med"] for n in sqlites),
             "get_med": min(results[n]["get_med"] for n in sqlites),
@@ -412,7 +417,7 @@ def table(results: Dict[str, Dict[str, float]], threads: int) -> str:
             "disk": min(results[n]["disk"] for n in sqlites),
         }
         lines.append(
-            f"| blobcache vs the faster SQLite (above 1: blobcache wins) "
+            f"| {name} vs the faster SQLite (above 1: {name} wins) "
             f"| {ratio(b['set_med'], best['set_med'], False)} | "
             f"| {ratio(b['get_med'], best['get_med'], False)} | "
             f"| {ratio(b['tput'], best['tput'], True)} | {ratio(b['disk'], best['disk'], False)} |"

@@ -245,6 +245,12 @@ impl Cache {
         self.path.clone()
     }
 
+    /// The cache's on-disk format: 1, or 2 for the storage core v2.
+    #[getter]
+    fn format(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.store(py)?.format())
+    }
+
     /// True once `close()` was called.
     #[getter]
     fn closed(&self) -> bool {

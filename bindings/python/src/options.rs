@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "cache_capacity",
     "gc_interval",
     "flush_interval",
+    "format",
 ];
 
 /// What a cache was opened with that the bindings need again later.
@@ -99,6 +100,7 @@ fn apply(o: &mut Opened, name: &str, v: &Bound<'_, PyAny>) -> PyResult<()> {
         "cache_capacity" => s.cache_capacity(v.extract()?),
         "gc_interval" => s.gc_interval(secs(v, name)?),
         "flush_interval" => s.flush_interval(secs(v, name)?),
+        "format" => s.format(v.extract()?),
         other => {
             return Err(PyTypeError::new_err(format!(
                 "unknown option {other:?}; the options are {}",

@@ -11,7 +11,7 @@ BENCH = Path(__file__).parent.parent / "bench" / "bench.py"
 
 
 def test_bench_smoke_run_prints_the_table(tmp_path):
-    systems = "sqlite-norowid,sqlite-rowid,blobcache"
+    systems = "sqlite-norowid,sqlite-rowid,blobcache,blobcache-v2"
     r = subprocess.run(
         [sys.executable, str(BENCH), "--smoke", "--systems", systems, "--dir", str(tmp_path)],
         capture_output=True,
@@ -23,6 +23,7 @@ def test_bench_smoke_run_prints_the_table(tmp_path):
     for name in systems.split(","):
         assert f"\n| {name} | " in r.stdout, r.stdout
     assert "| blobcache vs the faster SQLite" in r.stdout, r.stdout
+    assert "| blobcache-v2 vs the faster SQLite" in r.stdout, r.stdout
     assert list(tmp_path.iterdir()) == [], "the bench left its caches behind"
 
 

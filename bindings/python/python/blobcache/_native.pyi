@@ -58,12 +58,16 @@ class Cache:
         cache_capacity: Optional[int] = None,
         gc_interval: Optional[float] = None,
         flush_interval: Optional[float] = None,
+        format: Optional[int] = None,
     ) -> None:
         """Opens (creating if needed) the cache directory ``path``; by default
         ``$BLOBCACHE_DIR`` or the platform cache directory's ``blobcache``."""
     @property
     def path(self) -> Path:
         """The cache directory."""
+    @property
+    def format(self) -> int:
+        """The cache's on-disk format: 1, or 2 for the storage core v2."""
     @property
     def closed(self) -> bool:
         """True once ``close()`` was called."""
