@@ -671,7 +671,12 @@ impl Blobs {
         counter: Option<ReadCounter>,
     ) -> Option<FileProblem> {
         let path = self.path_for(hash);
-        let damaged = |why: String| Some(FileProblem { missing: false, why });
+        let damaged = |why: String| {
+            Some(FileProblem {
+                missing: false,
+                why,
+            })
+        };
         let meta = match self.file_meta(hash) {
             Ok(m) => m,
             Err(e) if fsutil::is_symlink_error(&e) => {

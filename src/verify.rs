@@ -245,7 +245,11 @@ pub(crate) fn verify(store: &Store, opts: VerifyOptions) -> Result<VerifyReport>
 /// keeps no refcounts, expiry tree or running totals, so
 /// [`ProblemKind::UnknownBlob`], [`ProblemKind::Refcount`],
 /// [`ProblemKind::Expiry`] and [`ProblemKind::Totals`] never occur there.
-pub(crate) fn verify_v2(store: &Store, engine: &Engine, opts: VerifyOptions) -> Result<VerifyReport> {
+pub(crate) fn verify_v2(
+    store: &Store,
+    engine: &Engine,
+    opts: VerifyOptions,
+) -> Result<VerifyReport> {
     let checked = engine.check(&CheckOptions {
         full: opts.full,
         on_entry: opts.progress.clone(),
@@ -594,9 +598,7 @@ fn check_files(
     let mut fixes = FileFixes::default();
     for (path, what) in blobs::walk(&root)? {
         match what {
-            Walked::Blob(h) if known(&h) => {
-                check_mode(cache, path, report, &mut fixes)
-            }
+            Walked::Blob(h) if known(&h) => check_mode(cache, path, report, &mut fixes),
             // A blob's outboard lives and goes with it; one without its
             // blob is an orphan GC removes.
             Walked::Outboard(h) if store.blob_store().has_file(&h) => {

@@ -75,7 +75,9 @@ impl Store {
     /// ```
     pub fn export(&self, writer: impl Write, opts: &ExportOptions) -> Result<ExportReport> {
         if opts.accessed_since.is_some() {
-            self.v1_only("exporting by access time (accessed_since): access times are not tracked yet")?;
+            self.v1_only(
+                "exporting by access time (accessed_since): access times are not tracked yet",
+            )?;
         }
         // Access times reach the records in batches: flush them so the
         // accessed-since filter and the exported records see them.
@@ -165,7 +167,9 @@ impl Store {
                     };
                     let blob = match blobs.entry(rec.hash) {
                         Entry::Occupied(o) => o.get().clone(),
-                        Entry::Vacant(v) => v.insert(self.manifest_blob(&k, &rec, &mut spool)?).clone(),
+                        Entry::Vacant(v) => {
+                            v.insert(self.manifest_blob(&k, &rec, &mut spool)?).clone()
+                        }
                     };
                     let Some(blob) = blob else {
                         log::warn!(
@@ -294,39 +298,38 @@ impl Store {
         spool: &Spool,
     ) -> Result<u64> {
         let name = member_name(&blob.hash);
-        let (path, src, len): (PathBuf, Box<dyn Read>, u64) = if let Some(src) =
-            spool.member(blob)?
-        {
-            src
-        } else if blob.inline {
-            let path = PathBuf::from(format!("<inline blob {}>", blob.hash));
-            let Some(bytes) = self.index().inline_bytes(&blob.hash)? else {
-                return Err(vanished(path));
-            };
-            let len = bytes.len() as u64;
-            (path, Box::new(io::Cursor::new(bytes)), len)
-        } else {
-            let path = self.blob_store().path_for(&blob.hash);
-            let file = self
-                .blob_store()
-                .open_stored(&blob.hash)
-                .map_err(|e| Error::io("open blob for export", &path, e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| Error::io("inspect", &path, e))?
-                .len();
-            if len != blob.stored_size {
-                // Recompressed by GC since the manifest listed it: the
-                // member must have the listed size, or import refuses it.
-                let e = io::Error::other(format!(
-                    "it changed size while exporting ({} bytes listed, {len} now; \
+        let (path, src, len): (PathBuf, Box<dyn Read>, u64) =
+            if let Some(src) = spool.member(blob)? {
+                src
+            } else if blob.inline {
+                let path = PathBuf::from(format!("<inline blob {}>", blob.hash));
+                let Some(bytes) = self.index().inline_bytes(&blob.hash)? else {
+                    return Err(vanished(path));
+                };
+                let len = bytes.len() as u64;
+                (path, Box::new(io::Cursor::new(bytes)), len)
+            } else {
+                let path = self.blob_store().path_for(&blob.hash);
+                let file = self
+                    .blob_store()
+                    .open_stored(&blob.hash)
+                    .map_err(|e| Error::io("open blob for export", &path, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::io("inspect", &path, e))?
+                    .len();
+                if len != blob.stored_size {
+                    // Recompressed by GC since the manifest listed it: the
+                    // member must have the listed size, or import refuses it.
+                    let e = io::Error::other(format!(
+                        "it changed size while exporting ({} bytes listed, {len} now; \
                      recompressed by gc?); run the export again",
-                    blob.stored_size
-                ));
-                return Err(Error::io("read blob for export", path, e));
-            }
-            (path, Box::new(file), len)
-        };
+                        blob.stored_size
+                    ));
+                    return Err(Error::io("read blob for export", path, e));
+                }
+                (path, Box::new(file), len)
+            };
         let mut exact = Exact {
             inner: src,
             left: len,
@@ -467,7 +470,11 @@ fn record_of(info: &EntryInfo, headers: &HeaderSet) -> Record {
     Record {
         version: RECORD_VERSION,
         hash: info.hash,
-        codec: if info.compressed { Codec::Zstd } else { Codec::Raw },
+        codec: if info.compressed {
+            Codec::Zstd
+        } else {
+            Codec::Raw
+        },
         inline: !info.blob_file,
         raw_size: info.raw_size,
         stored_size: info.stored_size,

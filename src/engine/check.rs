@@ -151,7 +151,10 @@ fn bytes_to_check(records: &[(sled::IVec, sled::IVec)], opts: &CheckOptions) -> 
     }
     let mut files = HashSet::new();
     let mut total = 0;
-    for r in records.iter().filter_map(|(_, v)| LeanRecord::decode(v).ok()) {
+    for r in records
+        .iter()
+        .filter_map(|(_, v)| LeanRecord::decode(v).ok())
+    {
         let counted = match r.place {
             Place::Pack(_) => true,
             Place::BlobFile { .. } => files.insert(r.hash),
@@ -228,10 +231,11 @@ impl Run<'_> {
             };
         }
         let dir = &self.engine.dir;
-        let len = *self
-            .pack_lens
-            .entry(loc.pack)
-            .or_insert_with(|| std::fs::symlink_metadata(dir.path(loc.pack)).ok().map(|m| m.len()));
+        let len = *self.pack_lens.entry(loc.pack).or_insert_with(|| {
+            std::fs::symlink_metadata(dir.path(loc.pack))
+                .ok()
+                .map(|m| m.len())
+        });
         match len {
             None => Some((
                 Damage::MissingPayload,
