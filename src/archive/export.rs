@@ -419,6 +419,10 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
+/// Where a member's bytes come from: a path for messages, the bytes, their
+/// length.
+type MemberSource = (PathBuf, Box<dyn Read>, u64);
+
 /// The payloads of a format-2 cache's needles, spooled to a scratch file
 /// in `tmp/` while the manifest is built (they are re-encoded without the
 /// cache's dictionaries, so their archived size is known only then), and
@@ -447,7 +451,7 @@ impl Spool {
     }
 
     /// The member of `blob` as spooled, if it was.
-    fn member(&self, blob: &ManifestBlob) -> Result<Option<(PathBuf, Box<dyn Read>, u64)>> {
+    fn member(&self, blob: &ManifestBlob) -> Result<Option<MemberSource>> {
         let (Some(f), Some(&offset)) = (&self.file, self.at.get(&blob.hash)) else {
             return Ok(None);
         };
