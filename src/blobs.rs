@@ -137,6 +137,15 @@ fn decompress(stored: &[u8], raw_size: u64) -> Result<Vec<u8>, BlobError> {
     Ok(out)
 }
 
+/// What [`Blobs::inspect`] found wrong with a blob file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FileProblem {
+    /// The file is not there (else: it is there, damaged).
+    pub missing: bool,
+    /// What exactly.
+    pub why: String,
+}
+
 /// What a write into the blob store produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Written {
@@ -644,6 +653,73 @@ impl Blobs {
         outboard::decode(&bytes, raw_size, hash)
             .map(Some)
             .map_err(|why| BlobError::Corrupt(format!("outboard {}: {why}", path.display())))
+    }
+
+    /// Checks the blob file for `hash` as `verify` does: present, a regular
+    /// file not under a symbolic link, `expected_len` bytes long (another
+    /// length passes when the file still decodes to the payload: a
+    /// recompression whose record update a crash cut short), and with
+    /// `full`, decoded and hashed in bounded memory ([`Blobs::check_file`]).
+    /// `None` when it is fine.
+    pub fn inspect(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        raw_size: u64,
+        expected_len: u64,
+        full: bool,
+        counter: Option<ReadCounter>,
+    ) -> Option<FileProblem> {
+        let path = self.path_for(hash);
+        let damaged = |why: String| {
+            Some(FileProblem {
+                missing: false,
+                why,
+            })
+        };
+        let meta = match self.file_meta(hash) {
+            Ok(m) => m,
+            Err(e) if fsutil::is_symlink_error(&e) => {
+                return damaged(format!("{} lies under a symbolic link", path.display()));
+            }
+            Err(_) => {
+                return Some(FileProblem {
+                    missing: true,
+                    why: format!("{} does not exist", path.display()),
+                });
+            }
+        };
+        if !meta.is_file() {
+            return damaged(format!("{} is not a regular file", path.display()));
+        }
+        if meta.len() != expected_len && self.check_file(hash, codec, raw_size).is_err() {
+            let why = format!(
+                "{} is {} bytes, expected {expected_len}",
+                path.display(),
+                meta.len()
+            );
+            return damaged(why);
+        }
+        if !full {
+            return None;
+        }
+        let e = self
+            .check_file_counted(hash, codec, raw_size, counter)
+            .err()?;
+        Some(match e {
+            BlobError::Missing => FileProblem {
+                missing: true,
+                why: "missing".into(),
+            },
+            BlobError::Corrupt(why) => FileProblem {
+                missing: false,
+                why,
+            },
+            BlobError::Io(e) => FileProblem {
+                missing: false,
+                why: e.to_string(),
+            },
+        })
     }
 
     /// Checks the blob file for `hash` by streaming it through the decoder

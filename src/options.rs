@@ -103,8 +103,10 @@ impl StoreOptions {
     ///
     /// Format 2 is being brought up: one process at a time (a second one
     /// gets a clear error rather than becoming a guest), no remote tier,
-    /// no verify, export or import yet, no background sweep (run
-    /// [`crate::Store::gc`]); counters restart at each open.
+    /// no size cap, no background sweep (run [`crate::Store::gc`]);
+    /// verify, export and import work (archives are the same for both
+    /// formats; exporting by access time is refused, access times are not
+    /// tracked yet); counters restart at each open.
     pub fn format(mut self, format: u32) -> Self {
         self.format = Some(format);
         self

@@ -64,12 +64,17 @@ impl MergePolicy {
     /// True when an archived record should replace `held` (the record the
     /// key holds, `None` when absent or undecodable).
     pub(crate) fn takes(self, incoming: &Record, held: Option<&Record>) -> bool {
+        let times = |r: &Record| (r.created_at, r.fetched_at);
+        self.takes_times(times(incoming), held.map(times))
+    }
+
+    /// [`MergePolicy::takes`] on the entries' `(created_at, fetched_at)`
+    /// alone (all it looks at).
+    pub(crate) fn takes_times(self, incoming: (u64, u64), held: Option<(u64, u64)>) -> bool {
         match (held, self) {
             (None, _) | (Some(_), MergePolicy::Replace) => true,
             (Some(_), MergePolicy::Keep) => false,
-            (Some(o), MergePolicy::Newer) => {
-                (incoming.created_at, incoming.fetched_at) > (o.created_at, o.fetched_at)
-            }
+            (Some(o), MergePolicy::Newer) => incoming > o,
         }
     }
 }

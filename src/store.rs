@@ -517,7 +517,7 @@ impl Store {
     }
 
     /// Drops `key` from the memory tier after a format-2 change.
-    fn forget_v2(&self, keys: &[Vec<u8>]) {
+    pub(crate) fn forget_v2(&self, keys: &[Vec<u8>]) {
         let Some(t) = &self.inner.l1 else {
             return;
         };
@@ -1433,7 +1433,9 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
-        self.v1_only("verify")?;
+        if let Some(e) = self.engine() {
+            return crate::verify::verify_v2(self, e, opts);
+        }
         self.inner.share.verify(self, opts)
     }
 

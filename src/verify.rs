@@ -6,6 +6,10 @@
 //! entries using it; the expiry tree matches the records; the running
 //! totals match a recount; nothing foreign sits in `blobs/`.
 //! Orphan blob files (no entry) are counted, not reported: GC reclaims them.
+//!
+//! On a format-2 cache ([`verify_v2`]) the engine checks its own records,
+//! header sets, needles, blob files and packs (`engine/check.rs`), and the
+//! walk of `blobs/` is the same as here.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -15,7 +19,8 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
-use crate::blobs::{self, BlobError, BlobHash, Walked};
+use crate::blobs::{self, BlobError, BlobHash, FileProblem, Walked};
+use crate::engine::{CheckOptions, Damage, Engine, Finding};
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::index::{Op, Snapshot, file_blob_info};
@@ -126,6 +131,9 @@ pub enum ProblemKind {
     /// A blob file can be read or written by others than its owner (a
     /// repair sets it back to 0600).
     Permissions,
+    /// A format-2 pack file cannot be opened or does not start with its
+    /// header (its entries are reported, and repaired, one by one).
+    DamagedPack,
 }
 
 impl ProblemKind {
@@ -141,6 +149,7 @@ impl ProblemKind {
             ProblemKind::Totals => "totals",
             ProblemKind::ForeignFile => "foreign_file",
             ProblemKind::Permissions => "permissions",
+            ProblemKind::DamagedPack => "damaged_pack",
         }
     }
 }
@@ -168,14 +177,20 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The outcome of [`Store::verify`].
+/// The outcome of [`Store::verify`]. On a format-2 cache every field is
+/// filled: `blobs` counts the distinct payloads checked (each pack needle,
+/// each blob file once), `orphan_files` the blob files no record names,
+/// `repaired` the entries removed (a logged delete each) and files
+/// discarded or moved; the refcount, expiry and totals problems do not
+/// apply there (format 2 keeps none of them).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// Entries checked.
     pub entries: u64,
-    /// Blobs known to the index.
+    /// Blobs known to the index (format 2: distinct payloads checked).
     pub blobs: u64,
-    /// Blob files found in `blobs/` with no index info (GC removes them).
+    /// Blob files found in `blobs/` with no index info (format 2: named
+    /// by no record); GC removes them.
     pub orphan_files: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
@@ -217,11 +232,64 @@ pub(crate) fn verify(store: &Store, opts: VerifyOptions) -> Result<VerifyReport>
     check_refcounts(&snap, &infos, &mut report);
     check_expiry(&snap, &mut report);
     check_totals(&snap, &infos, &mut report);
-    let fixes = check_files(store, &infos, &mut report)?;
+    let fixes = check_files(store, &|h| infos.contains_key(h), &mut report)?;
     if opts.repair && !report.is_clean() {
         report.repaired = repair(store, &bad_entries)? + repair_files(store, &fixes)?;
     }
     Ok(report)
+}
+
+/// Checks (and optionally repairs) a format-2 cache: every record, its
+/// header set and its payload (see `Engine::check`), every pack file, and
+/// `blobs/` as format 1 does (orphan, foreign and loose files). Format 2
+/// keeps no refcounts, expiry tree or running totals, so
+/// [`ProblemKind::UnknownBlob`], [`ProblemKind::Refcount`],
+/// [`ProblemKind::Expiry`] and [`ProblemKind::Totals`] never occur there.
+pub(crate) fn verify_v2(
+    store: &Store,
+    engine: &Engine,
+    opts: VerifyOptions,
+) -> Result<VerifyReport> {
+    let checked = engine.check(&CheckOptions {
+        full: opts.full,
+        on_entry: opts.progress.clone(),
+        on_bytes: opts.byte_progress.clone(),
+    })?;
+    let mut report = VerifyReport {
+        entries: checked.entries,
+        blobs: checked.payloads,
+        ..VerifyReport::default()
+    };
+    for f in &checked.findings {
+        let (kind, subject) = finding_problem(store, f);
+        report.problem(kind, subject, f.detail.clone());
+    }
+    let fixes = check_files(store, &|h| checked.blob_files.contains(h), &mut report)?;
+    if opts.repair && !report.is_clean() {
+        report.repaired = engine.repair(&checked.findings)? + repair_files(store, &fixes)?;
+    }
+    Ok(report)
+}
+
+/// How a format-2 finding is reported: its kind and subject.
+fn finding_problem(store: &Store, f: &Finding) -> (ProblemKind, String) {
+    let kind = match f.damage {
+        Damage::UndecodableRecord | Damage::MissingHeaderSet => ProblemKind::UndecodableRecord,
+        Damage::MissingPayload => ProblemKind::MissingBlob,
+        Damage::UnreadablePack => ProblemKind::DamagedPack,
+        _ => ProblemKind::CorruptBlob,
+    };
+    let subject = match (&f.key, f.pack) {
+        (Some(k), _) => key::display(k),
+        (None, Some(id)) => store
+            .layout_root()
+            .join("packs")
+            .join(crate::pack::pack_name(id))
+            .display()
+            .to_string(),
+        (None, None) => String::new(),
+    };
+    (kind, subject)
 }
 
 fn decode_infos(snap: &Snapshot, report: &mut VerifyReport) -> HashMap<BlobHash, BlobInfo> {
@@ -366,57 +434,20 @@ fn check_blob(
             .err()
             .map(blob_verdict);
     }
-    let path = store.blob_store().path_for(&rec.hash);
-    let meta = match store.blob_store().file_meta(&rec.hash) {
-        Ok(m) => m,
-        Err(e) if fsutil::is_symlink_error(&e) => {
-            return Some((
-                ProblemKind::CorruptBlob,
-                format!("{} lies under a symbolic link", path.display()),
-            ));
-        }
-        Err(_) => {
-            return Some((
-                ProblemKind::MissingBlob,
-                format!("{} does not exist", path.display()),
-            ));
-        }
-    };
-    if !meta.is_file() {
-        return Some((
-            ProblemKind::CorruptBlob,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
     let expected = info.map_or(rec.stored_size, |i| i.stored_size);
-    if meta.len() != expected && !same_content(store, rec) {
-        return Some((
-            ProblemKind::CorruptBlob,
-            format!(
-                "{} is {} bytes, expected {expected}",
-                path.display(),
-                meta.len()
-            ),
-        ));
-    }
-    if !full {
-        return None;
-    }
     store
         .blob_store()
-        .check_file_counted(&rec.hash, rec.codec, rec.raw_size, counter)
-        .err()
-        .map(blob_verdict)
+        .inspect(&rec.hash, rec.codec, rec.raw_size, expected, full, counter)
+        .map(file_verdict)
 }
 
-/// True when the blob file decodes to the record's content: a file of
-/// another length may be a recompressed blob whose index update a crash cut
-/// short (the next sweep records its size).
-fn same_content(store: &Store, rec: &Record) -> bool {
-    store
-        .blob_store()
-        .check_file(&rec.hash, rec.codec, rec.raw_size)
-        .is_ok()
+/// A blob file's problem as verify reports it.
+fn file_verdict(p: FileProblem) -> (ProblemKind, String) {
+    let kind = match p.missing {
+        true => ProblemKind::MissingBlob,
+        false => ProblemKind::CorruptBlob,
+    };
+    (kind, p.why)
 }
 
 fn blob_verdict(e: BlobError) -> (ProblemKind, String) {
@@ -559,7 +590,7 @@ struct FileFixes {
 /// with group or other permission bits.
 fn check_files(
     store: &Store,
-    infos: &HashMap<BlobHash, BlobInfo>,
+    known: &dyn Fn(&BlobHash) -> bool,
     report: &mut VerifyReport,
 ) -> Result<FileFixes> {
     let cache = &store.layout_root();
@@ -567,9 +598,7 @@ fn check_files(
     let mut fixes = FileFixes::default();
     for (path, what) in blobs::walk(&root)? {
         match what {
-            Walked::Blob(h) if infos.contains_key(&h) => {
-                check_mode(cache, path, report, &mut fixes)
-            }
+            Walked::Blob(h) if known(&h) => check_mode(cache, path, report, &mut fixes),
             // A blob's outboard lives and goes with it; one without its
             // blob is an orphan GC removes.
             Walked::Outboard(h) if store.blob_store().has_file(&h) => {

@@ -1,20 +1,23 @@
 //! Writing an archive: the sealed manifest, then each needed blob once,
 //! copied as stored.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::io::{self, BufWriter, Read, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::{
     ARCHIVE_FORMAT_VERSION, ExportOptions, ExportReport, MANIFEST_NAME, Manifest, ManifestBlob,
     ManifestEntry, PAGE, Progress, member_name, report_progress, seal,
 };
-use crate::blobs::{BlobHash, CHUNK};
+use crate::blobs::{self, BlobHash, CHUNK, Scratch};
 use crate::clock::system_time_ms;
+use crate::engine::{EntryInfo, HeaderSet};
 use crate::error::{Error, Result};
-use crate::key;
-use crate::record::{BlobState, Record, to_cbor};
+use crate::index::RecordRow;
+use crate::key::{self, Category};
+use crate::record::{BlobState, Codec, RECORD_VERSION, Record, to_cbor};
 use crate::store::Store;
 
 /// Which records pass the export filters.
@@ -71,12 +74,16 @@ impl Store {
     /// # Ok::<(), blobcache::Error>(())
     /// ```
     pub fn export(&self, writer: impl Write, opts: &ExportOptions) -> Result<ExportReport> {
-        self.v1_only("export")?;
+        if opts.accessed_since.is_some() {
+            self.v1_only(
+                "exporting by access time (accessed_since): access times are not tracked yet",
+            )?;
+        }
         // Access times reach the records in batches: flush them so the
         // accessed-since filter and the exported records see them.
         self.flush()?;
         let now = self.options().clock.now_ms();
-        let (manifest, skipped) = self.build_manifest(opts, now)?;
+        let (manifest, skipped, spool) = self.build_manifest(opts, now)?;
         let mut counted = Counted {
             inner: BufWriter::with_capacity(CHUNK, writer),
             n: 0,
@@ -106,7 +113,7 @@ impl Store {
             .map_err(|e| Error::ArchiveWrite { source: e })?;
             report_progress(&opts.progress, &progress);
             for blob in &manifest.blobs {
-                let n = self.export_blob(&mut tar, blob, mtime)?;
+                let n = self.export_blob(&mut tar, blob, mtime, &spool)?;
                 report.blobs += 1;
                 report.blob_bytes += n;
                 progress.blobs_done += 1;
@@ -123,9 +130,9 @@ impl Store {
         Ok(report)
     }
 
-    /// The manifest of the selected entries, and how many were left out
-    /// as unreadable.
-    fn build_manifest(&self, opts: &ExportOptions, now: u64) -> Result<(Manifest, u64)> {
+    /// The manifest of the selected entries, how many were left out as
+    /// unreadable, and the spool holding the needles of a format-2 cache.
+    fn build_manifest(&self, opts: &ExportOptions, now: u64) -> Result<(Manifest, u64, Spool)> {
         let filter = Filter::new(opts, now);
         let mut backends = opts.backends.clone();
         backends.sort();
@@ -141,14 +148,15 @@ impl Store {
         let mut blobs: BTreeMap<BlobHash, Option<ManifestBlob>> = BTreeMap::new();
         let mut records = Vec::new();
         let mut skipped = 0;
+        let mut spool = Spool::default();
         for prefix in &prefixes {
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = self.index().scan(prefix, after.as_deref(), PAGE)?;
+                let page = self.export_page(prefix, after.as_deref())?;
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (k, rec) in page {
-                    let rec = match rec {
+                    let mut rec = match rec {
                         Ok(r) if !filter.keeps(&r) => continue,
                         Ok(r) => r,
                         Err(why) => {
@@ -157,11 +165,13 @@ impl Store {
                             continue;
                         }
                     };
-                    let usable = match blobs.entry(rec.hash) {
-                        Entry::Occupied(o) => o.get().is_some(),
-                        Entry::Vacant(v) => v.insert(self.manifest_blob(&rec.hash)?).is_some(),
+                    let blob = match blobs.entry(rec.hash) {
+                        Entry::Occupied(o) => o.get().clone(),
+                        Entry::Vacant(v) => {
+                            v.insert(self.manifest_blob(&k, &rec, &mut spool)?).clone()
+                        }
                     };
-                    if !usable {
+                    let Some(blob) = blob else {
                         log::warn!(
                             "export: skipping {}: its blob {} is missing",
                             key::display(&k),
@@ -169,6 +179,10 @@ impl Store {
                         );
                         skipped += 1;
                         continue;
+                    };
+                    if self.engine().is_some() {
+                        // The record describes the member as archived.
+                        (rec.codec, rec.stored_size) = (blob.codec, blob.stored_size);
                     }
                     records.push(ManifestEntry {
                         key: serde_bytes::ByteBuf::from(k),
@@ -184,32 +198,94 @@ impl Store {
             blobs: blobs.into_values().flatten().collect(),
             records,
         };
-        Ok((manifest, skipped))
+        Ok((manifest, skipped, spool))
     }
 
-    /// What the archive will say about one blob, or `None` when the blob
-    /// is not usable (unknown to the index, being swept, file missing).
-    fn manifest_blob(&self, hash: &BlobHash) -> Result<Option<ManifestBlob>> {
+    /// Up to a page of records under `prefix` after `after`, in key order:
+    /// from the index, or a format-2 cache's entries as records (see
+    /// [`record_of`]).
+    fn export_page(&self, prefix: &[u8], after: Option<&[u8]>) -> Result<Vec<RecordRow>> {
+        let Some(e) = self.engine() else {
+            return self.index().scan(prefix, after, PAGE);
+        };
+        let page = e.scan(prefix, after, PAGE)?;
+        Ok(page
+            .into_iter()
+            .map(|(k, info, headers)| {
+                let rec = record_of(&info, &headers);
+                (k, Ok(rec))
+            })
+            .collect())
+    }
+
+    /// The manifest's blob for the record `rec` of `key`: see
+    /// [`Store::index_blob`]; on a format-2 cache a blob file as it is, a
+    /// needle's payload spooled as the archive will carry it.
+    fn manifest_blob(
+        &self,
+        key: &[u8],
+        rec: &Record,
+        spool: &mut Spool,
+    ) -> Result<Option<ManifestBlob>> {
+        let Some(e) = self.engine() else {
+            return self.index_blob(&rec.hash);
+        };
+        if !rec.inline {
+            return Ok(self.file_blob(&rec.hash, rec.codec, rec.raw_size));
+        }
+        let Some(payload) = e.needle_payload(key, &rec.hash)? else {
+            return Ok(None);
+        };
+        let level = self.options().compression_level;
+        let (codec, stored) = match blobs::compress(&payload, level) {
+            Some(z) => (Codec::Zstd, z),
+            None => (Codec::Raw, payload),
+        };
+        spool.add(self, rec.hash, &stored)?;
+        Ok(Some(ManifestBlob {
+            hash: rec.hash,
+            codec,
+            raw_size: rec.raw_size,
+            stored_size: stored.len() as u64,
+            inline: true,
+        }))
+    }
+
+    /// A blob file as the manifest lists it, or `None` when it is not
+    /// there.
+    fn file_blob(&self, hash: &BlobHash, codec: Codec, raw_size: u64) -> Option<ManifestBlob> {
+        let stored_size = match self.blob_store().file_meta(hash) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => return None,
+        };
+        Some(ManifestBlob {
+            hash: *hash,
+            codec,
+            raw_size,
+            stored_size,
+            inline: false,
+        })
+    }
+
+    /// What the archive will say about one blob of the index, or `None`
+    /// when the blob is not usable (unknown to the index, being swept,
+    /// file missing).
+    fn index_blob(&self, hash: &BlobHash) -> Result<Option<ManifestBlob>> {
         let Some(info) = self.index().blob_info(hash)? else {
             return Ok(None);
         };
         if info.state != BlobState::Live {
             return Ok(None);
         }
-        let stored_size = if info.inline {
-            info.stored_size
-        } else {
-            match self.blob_store().file_meta(hash) {
-                Ok(m) if m.is_file() => m.len(),
-                _ => return Ok(None),
-            }
-        };
+        if !info.inline {
+            return Ok(self.file_blob(hash, info.codec, info.raw_size));
+        }
         Ok(Some(ManifestBlob {
             hash: *hash,
             codec: info.codec,
             raw_size: info.raw_size,
-            stored_size,
-            inline: info.inline,
+            stored_size: info.stored_size,
+            inline: true,
         }))
     }
 
@@ -219,37 +295,41 @@ impl Store {
         tar: &mut tar::Builder<W>,
         blob: &ManifestBlob,
         mtime: u64,
+        spool: &Spool,
     ) -> Result<u64> {
         let name = member_name(&blob.hash);
-        let (path, src, len): (PathBuf, Box<dyn Read>, u64) = if blob.inline {
-            let path = PathBuf::from(format!("<inline blob {}>", blob.hash));
-            let Some(bytes) = self.index().inline_bytes(&blob.hash)? else {
-                return Err(vanished(path));
-            };
-            let len = bytes.len() as u64;
-            (path, Box::new(io::Cursor::new(bytes)), len)
-        } else {
-            let path = self.blob_store().path_for(&blob.hash);
-            let file = self
-                .blob_store()
-                .open_stored(&blob.hash)
-                .map_err(|e| Error::io("open blob for export", &path, e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| Error::io("inspect", &path, e))?
-                .len();
-            if len != blob.stored_size {
-                // Recompressed by GC since the manifest listed it: the
-                // member must have the listed size, or import refuses it.
-                let e = io::Error::other(format!(
-                    "it changed size while exporting ({} bytes listed, {len} now; \
+        let (path, src, len): (PathBuf, Box<dyn Read>, u64) =
+            if let Some(src) = spool.member(blob)? {
+                src
+            } else if blob.inline {
+                let path = PathBuf::from(format!("<inline blob {}>", blob.hash));
+                let Some(bytes) = self.index().inline_bytes(&blob.hash)? else {
+                    return Err(vanished(path));
+                };
+                let len = bytes.len() as u64;
+                (path, Box::new(io::Cursor::new(bytes)), len)
+            } else {
+                let path = self.blob_store().path_for(&blob.hash);
+                let file = self
+                    .blob_store()
+                    .open_stored(&blob.hash)
+                    .map_err(|e| Error::io("open blob for export", &path, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::io("inspect", &path, e))?
+                    .len();
+                if len != blob.stored_size {
+                    // Recompressed by GC since the manifest listed it: the
+                    // member must have the listed size, or import refuses it.
+                    let e = io::Error::other(format!(
+                        "it changed size while exporting ({} bytes listed, {len} now; \
                      recompressed by gc?); run the export again",
-                    blob.stored_size
-                ));
-                return Err(Error::io("read blob for export", path, e));
-            }
-            (path, Box::new(file), len)
-        };
+                        blob.stored_size
+                    ));
+                    return Err(Error::io("read blob for export", path, e));
+                }
+                (path, Box::new(file), len)
+            };
         let mut exact = Exact {
             inner: src,
             left: len,
@@ -336,5 +416,83 @@ impl<W: Write> Write for Counted<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Where a member's bytes come from: a path for messages, the bytes, their
+/// length.
+type MemberSource = (PathBuf, Box<dyn Read>, u64);
+
+/// The payloads of a format-2 cache's needles, spooled to a scratch file
+/// in `tmp/` while the manifest is built (they are re-encoded without the
+/// cache's dictionaries, so their archived size is known only then), and
+/// copied from there into the archive: memory stays bounded.
+#[derive(Default)]
+struct Spool {
+    file: Option<Scratch>,
+    len: u64,
+    at: HashMap<BlobHash, u64>,
+}
+
+impl Spool {
+    fn add(&mut self, store: &Store, hash: BlobHash, stored: &[u8]) -> Result<()> {
+        if self.file.is_none() {
+            self.file = Some(store.blob_store().scratch()?);
+        }
+        let Some(f) = &self.file else {
+            return Ok(());
+        };
+        f.file
+            .write_all_at(stored, self.len)
+            .map_err(|e| Error::io("write", &f.path, e))?;
+        self.at.insert(hash, self.len);
+        self.len += stored.len() as u64;
+        Ok(())
+    }
+
+    /// The member of `blob` as spooled, if it was.
+    fn member(&self, blob: &ManifestBlob) -> Result<Option<MemberSource>> {
+        let (Some(f), Some(&offset)) = (&self.file, self.at.get(&blob.hash)) else {
+            return Ok(None);
+        };
+        let mut file = f
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("open", &f.path, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io("seek", &f.path, e))?;
+        let src = Box::new(file.take(blob.stored_size));
+        Ok(Some((f.path.clone(), src, blob.stored_size)))
+    }
+}
+
+/// A format-2 entry as an archive record: its times, pinned flag and
+/// header set; `inline` says the payload is a needle (else a blob file),
+/// `codec` and `stored_size` are the blob file's until the member is known.
+/// Access times are not tracked there: `last_access` is the creation time.
+fn record_of(info: &EntryInfo, headers: &HeaderSet) -> Record {
+    Record {
+        version: RECORD_VERSION,
+        hash: info.hash,
+        codec: if info.compressed {
+            Codec::Zstd
+        } else {
+            Codec::Raw
+        },
+        inline: !info.blob_file,
+        raw_size: info.raw_size,
+        stored_size: info.stored_size,
+        created_at: info.created_at,
+        fetched_at: info.fetched_at,
+        expires_at: info.expires_at.unwrap_or(u64::MAX),
+        category: headers
+            .category
+            .clone()
+            .unwrap_or_else(|| Category::Metadata.as_str().to_string()),
+        content_type: headers.content_type.clone(),
+        headers: headers.headers.clone(),
+        hits: 0,
+        last_access: info.created_at,
+        pinned: info.pinned,
     }
 }

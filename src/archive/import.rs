@@ -15,7 +15,10 @@ use super::{
     ManifestBlob, ManifestEntry, ManifestHead, Progress, SEALED_FORMAT, member_hash, member_name,
     report_progress,
 };
-use crate::blobs::{BlobHash, ImportBlobError, Scratch, StoredBlob, Written, copy_verified};
+use crate::blobs::{
+    self, BlobError, BlobHash, ImportBlobError, Scratch, StoredBlob, Written, copy_verified,
+};
+use crate::engine::{Carried, Engine, EntryInfo, HeaderSet, PutMeta};
 use crate::error::{Error, Result};
 use crate::index::{ImportItem, Op, Outcome};
 use crate::key;
@@ -89,7 +92,9 @@ impl Store {
     ///
     /// See [`Store::export`] for an example.
     pub fn import(&self, reader: impl Read, opts: &ImportOptions) -> Result<ImportReport> {
-        self.v1_only("import")?;
+        if self.engine().is_some() {
+            self.check_write()?;
+        }
         let mut archive = tar::Archive::new(reader);
         let mut members = archive
             .entries()
@@ -296,7 +301,11 @@ impl<'a> Session<'a> {
             return;
         }
         let linked = std::mem::take(&mut self.linked);
-        match self.store.reclaim_linked(&linked) {
+        let reclaimed = match self.store.engine() {
+            Some(e) => e.remove_unnamed(&linked).map(Some),
+            None => self.store.reclaim_linked(&linked),
+        };
+        match reclaimed {
             Ok(Some(n)) => log::debug!("refused import: removed {n} blob files it had linked in"),
             Ok(None) => log::info!(
                 "refused import: a GC sweep is running, so the {} blob files it linked in \
@@ -338,7 +347,12 @@ impl<'a> Session<'a> {
             }
             candidates.push(i);
             if !self.needs.contains_key(&hash) {
-                let need = match self.store.reusable_blob(&hash)? {
+                // Format 2 keeps no table of blobs: each is taken in.
+                let present = match self.store.engine() {
+                    Some(_) => None,
+                    None => self.store.reusable_blob(&hash)?,
+                };
+                let need = match present {
                     Some(info) => Need::Present(info),
                     None => Need::Wanted,
                 };
@@ -349,6 +363,12 @@ impl<'a> Session<'a> {
     }
 
     fn policy_takes(&self, e: &ManifestEntry) -> Result<bool> {
+        if let Some(engine) = self.store.engine() {
+            let (backend, signature) = key::decode(&e.key).unwrap_or_default();
+            let held = engine.info(&backend, signature)?;
+            let held = held.map(|(i, _)| (i.created_at, i.fetched_at));
+            return Ok(self.opts.merge.takes_times(times(&e.record), held));
+        }
         let held = match self.store.index().lookup(&e.key) {
             Ok(found) => found.map(|l| l.record),
             Err(Error::CorruptRecord { .. }) => None,
@@ -414,8 +434,12 @@ impl<'a> Session<'a> {
             raw_size: desc.raw_size,
             stored_len: size,
         };
-        let inline_max = self.store.options().inline_threshold as u64;
-        let placed = if size <= inline_max {
+        // Format 2: needles up to its blob threshold (by payload size).
+        let small = match self.store.engine() {
+            Some(e) => desc.raw_size <= e.blob_threshold() as u64,
+            None => size <= self.store.options().inline_threshold as u64,
+        };
+        let placed = if small {
             self.take_inline(src, &want)
         } else {
             self.store.blob_store().import_stored(src, &want).map(|w| {
@@ -535,11 +559,10 @@ impl<'a> Session<'a> {
 
     /// Applies the chosen records in batches.
     fn apply(&mut self, manifest: &Manifest, candidates: &[usize]) -> Result<()> {
-        let shift = if self.opts.ttl_shift {
-            self.now.saturating_sub(manifest.created_at)
-        } else {
-            0
-        };
+        let shift = self.shift(manifest);
+        if let Some(engine) = self.store.engine() {
+            return self.apply_v2(engine, manifest, candidates, shift);
+        }
         let mut batch = Vec::new();
         let mut inline_bytes = 0;
         for &i in candidates {
@@ -556,6 +579,90 @@ impl<'a> Session<'a> {
         }
         if !batch.is_empty() {
             self.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// How far expiry times move ([`ImportOptions::ttl_shift`]).
+    fn shift(&self, manifest: &Manifest) -> u64 {
+        if self.opts.ttl_shift {
+            self.now.saturating_sub(manifest.created_at)
+        } else {
+            0
+        }
+    }
+
+    /// Applies the chosen records to a format-2 cache, one engine put each
+    /// keeping the entry's own times, the merge policy checked again under
+    /// the engine's writer lock; then drops them from the memory tier.
+    fn apply_v2(
+        &mut self,
+        engine: &Engine,
+        manifest: &Manifest,
+        candidates: &[usize],
+        shift: u64,
+    ) -> Result<()> {
+        let mut written = Vec::new();
+        let done = self.put_all_v2(engine, manifest, candidates, shift, &mut written);
+        self.store.forget_v2(&written);
+        done
+    }
+
+    fn put_all_v2(
+        &mut self,
+        engine: &Engine,
+        manifest: &Manifest,
+        candidates: &[usize],
+        shift: u64,
+        written: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let policy = self.opts.merge;
+        for &i in candidates {
+            let Some(item) = self.item(&manifest.records[i], shift)? else {
+                self.report.rejected += 1;
+                continue;
+            };
+            let r = &item.record;
+            let raw;
+            let payload = match &item.inline {
+                Some(stored) => {
+                    raw = blobs::decode(stored, r.codec, r.raw_size, &r.hash).map_err(|e| {
+                        let why = match e {
+                            BlobError::Corrupt(why) => why,
+                            other => format!("{other:?}"),
+                        };
+                        bad(&member_name(&r.hash), format!("the blob is damaged: {why}"))
+                    })?;
+                    Carried::Bytes(&raw)
+                }
+                None => Carried::BlobFile {
+                    hash: r.hash,
+                    codec: r.codec,
+                    raw_size: r.raw_size,
+                },
+            };
+            let meta = PutMeta {
+                ttl: None,
+                headers: HeaderSet {
+                    content_type: r.content_type.clone(),
+                    category: Some(r.category.clone()),
+                    headers: r.headers.clone(),
+                },
+                pinned: r.pinned,
+                fetched_at: Some(r.fetched_at),
+                expires_at: Some(r.expires_at),
+                created_at: Some(r.created_at),
+            };
+            let incoming = times(r);
+            let takes = |held: Option<&EntryInfo>| {
+                policy.takes_times(incoming, held.map(|h| (h.created_at, h.fetched_at)))
+            };
+            if engine.put_carried(&item.key, payload, &meta, &takes)? {
+                self.report.imported += 1;
+                written.push(item.key.to_vec());
+            } else {
+                self.report.skipped += 1;
+            }
         }
         Ok(())
     }
@@ -666,4 +773,9 @@ impl<'a> Session<'a> {
         }
         Ok(())
     }
+}
+
+/// The times a merge policy compares: `(created_at, fetched_at)`.
+fn times(r: &crate::record::Record) -> (u64, u64) {
+    (r.created_at, r.fetched_at)
 }

@@ -44,6 +44,8 @@ use crate::pack::{
 use crate::policy::Durability;
 use crate::record::Codec;
 
+mod carry;
+mod check;
 mod compact;
 mod dictionaries;
 pub mod headers;
@@ -51,6 +53,8 @@ mod intent;
 mod recovery;
 mod sweep;
 
+pub use carry::Carried;
+pub use check::{CheckOptions, CheckProgress, CheckReport, Damage, Finding};
 pub use compact::CompactReport;
 use dictionaries::Dictionaries;
 pub use headers::HeaderSet;

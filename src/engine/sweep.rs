@@ -137,7 +137,7 @@ impl Engine {
 
     /// Logs and applies a DELETE of `key` if it still holds `raw` (a put
     /// racing the sweep wins); true when it was removed.
-    fn delete_if_unchanged(&self, key: &[u8], raw: &sled::IVec) -> Result<bool> {
+    pub(super) fn delete_if_unchanged(&self, key: &[u8], raw: &sled::IVec) -> Result<bool> {
         let mut w = self.lock_writer();
         let now = self.records.get(key).map_err(|e| self.index_err(e))?;
         if now.as_ref() != Some(raw) {
@@ -173,7 +173,7 @@ impl Engine {
     }
 
     /// The hashes of the blob files the index names.
-    fn named_blob_files(&self) -> Result<HashSet<BlobHash>> {
+    pub(super) fn named_blob_files(&self) -> Result<HashSet<BlobHash>> {
         let mut named = HashSet::new();
         for kv in self.records.iter() {
             let (_, raw) = kv.map_err(|e| self.index_err(e))?;

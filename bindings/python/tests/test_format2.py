@@ -56,7 +56,19 @@ def test_what_format2_lacks_raises_and_changes_nothing(cache_dir, tmp_path):
     with blobcache.Cache(cache_dir, format=2) as c:
         c.set("a", "k", b"v")
         with pytest.raises(blobcache.Error, match="format-2"):
-            c.verify()
-        with pytest.raises(blobcache.Error, match="format-2"):
-            c.export(str(tmp_path / "a.tar"))
+            c.gc(dry_run=True)
+        assert c.get("a", "k") == b"v"
+
+
+def test_verify_export_and_import_work_on_format2(cache_dir, tmp_path):
+    archive = str(tmp_path / "a.tar")
+    with blobcache.Cache(cache_dir, format=2) as c:
+        c.set("a", "k", b"v")
+        assert c.verify(full=True)["clean"]
+        c.export(archive)
+    with blobcache.Cache(tmp_path / "v2", format=2) as c:
+        c.import_(archive)
+        assert c.get("a", "k") == b"v"
+    with blobcache.Cache(tmp_path / "v1") as c:
+        c.import_(archive)
         assert c.get("a", "k") == b"v"

@@ -148,10 +148,11 @@ class Cache(_native.Cache):
       ``gc_interval`` and ``flush_interval`` (seconds).
     - ``format``: the on-disk format of a new cache, ``1`` (default) or
       ``2``, the storage core v2 (payloads in pack files, a lean index):
-      one process at a time for now, no remote tier, ``verify``,
-      ``export`` or ``import_`` yet (those raise :class:`Error` saying
-      so). An existing cache keeps its own format; asking it for the
-      other one raises :class:`NotACacheError`.
+      one process at a time for now, no remote tier, size cap or
+      ``gc(dry_run=True)`` yet (those raise :class:`Error` saying so);
+      ``verify``, ``export`` and ``import_`` work (archives are the same
+      for both formats). An existing cache keeps its own format; asking it
+      for the other one raises :class:`NotACacheError`.
 
     Keys are ``(backend, signature)``: a backend name such as ``"tmdb"`` and
     a signature (``str`` or ``bytes``) such as ``"movie/603?lang=en"``.
