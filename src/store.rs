@@ -12,11 +12,14 @@ use crate::blobs::{self, BlobError, BlobHash, Blobs, Staged, StreamError, Verify
 use crate::clock::add_ms;
 use crate::engine::{self, Engine, EngineOptions, EntryInfo, HeaderSet, PutMeta};
 use crate::error::{Error, Result};
-use crate::index::{Access, CounterValues, IndexConfig, Lookup, Op, Outcome, RecordRow};
+use crate::index::{
+    Access, CounterValues, ImportItem, IndexConfig, Lookup, Op, Outcome, RecordRow,
+};
 use crate::key::{self, Category};
 use crate::l1::MemoryTier;
 use crate::layout::{FORMAT_V2, Layout};
 use crate::options::{Durability, PutOptions, StoreOptions};
+use crate::policy::MergePolicy;
 use crate::record::{self, BlobInfo, BlobState, Codec, RECORD_VERSION, Record};
 use crate::reserve::{self, Reserve, Writable};
 use crate::share::Share;
@@ -653,7 +656,7 @@ impl Store {
             encoded: None,
         };
         let (hash, raw_size) = (BlobHash::of(payload), payload.len() as u64);
-        let (report, _) = self.commit_put(key, &mut source, hash, raw_size, opts)?;
+        let (report, _) = self.commit_put(key, &mut source, hash, raw_size, opts, None)?;
         let stored = match source {
             Source::Bytes { encoded, .. } => encoded,
             Source::Staged(_) => None,
@@ -663,12 +666,55 @@ impl Store {
         Ok(report)
     }
 
-    /// Stores an entry read from the remote tier, already verified against
-    /// `hash`, with its stored bytes as they came: neither verified nor
-    /// compressed again, and not sent back there. Returns the record now
-    /// in the index, so the hit is served without reading it back.
+    /// Refuses to keep a remote hit that no local put could store (a
+    /// read-only cache, a configured secret): checked before it is served.
     #[cfg(feature = "redis")]
-    pub(crate) fn put_remote_hit(
+    pub(crate) fn check_remote_hit(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let (backend, signature) = key::decode(key).unwrap_or_default();
+        self.guard_put(&backend, &signature, key, Some(payload), opts)
+    }
+
+    /// The record a remote hit fetched at `at` gets once stored (`stored`:
+    /// its stored bytes in `codec`), to serve it before it is.
+    #[cfg(feature = "redis")]
+    pub(crate) fn remote_hit_record(
+        &self,
+        hash: &BlobHash,
+        codec: Codec,
+        stored: &[u8],
+        raw_size: u64,
+        opts: &PutOptions,
+        at: u64,
+    ) -> Record {
+        let n = stored.len() as u64;
+        let blob = BlobInfo {
+            version: RECORD_VERSION,
+            refs: 1,
+            state: BlobState::Live,
+            codec,
+            inline: stored.len() <= self.inner.opts.inline_threshold,
+            raw_size,
+            stored_size: n,
+            disk_bytes: n,
+            since: at,
+            level: None,
+        };
+        self.new_record(hash, &blob, opts, at)
+    }
+
+    /// Stores a remote hit fetched at `at`, already verified against
+    /// `hash` (and checked by [`Store::check_remote_hit`]), with its stored
+    /// bytes as they came: neither verified nor compressed again, and not
+    /// sent back there. Newer wins: an entry the key got after `at` (a
+    /// local put since) is kept. Returns the record of the hit.
+    #[cfg(feature = "redis")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store_remote_hit(
         &self,
         key: &[u8],
         payload: &[u8],
@@ -676,14 +722,14 @@ impl Store {
         stored: Vec<u8>,
         hash: BlobHash,
         opts: &PutOptions,
+        at: u64,
     ) -> Result<Record> {
-        let (backend, signature) = key::decode(key).unwrap_or_default();
-        self.guard_put(&backend, &signature, key, Some(payload), opts)?;
         let mut source = Source::Bytes {
             payload,
             encoded: Some((codec, stored)),
         };
-        let (_, record) = self.commit_put(key, &mut source, hash, payload.len() as u64, opts)?;
+        let raw_size = payload.len() as u64;
+        let (_, record) = self.commit_put(key, &mut source, hash, raw_size, opts, Some(at))?;
         Ok(record)
     }
 
@@ -733,7 +779,7 @@ impl Store {
             })?;
         let (hash, raw) = (staged.written.hash, staged.written.raw_size);
         let mut source = Source::Staged(staged);
-        let (report, _) = self.commit_put(&key, &mut source, hash, raw, opts)?;
+        let (report, _) = self.commit_put(&key, &mut source, hash, raw, opts, None)?;
         let remote = &self.inner.remote;
         remote.after_put(self, &key, None, &report, opts)?;
         Ok(report)
@@ -742,6 +788,8 @@ impl Store {
     /// Gets the blob into place and inserts the record, retrying while the
     /// sweeper is deleting the same blob. Returns the report and the record
     /// inserted; `source` keeps the stored bytes it encoded, if any.
+    /// `hit_at`: a remote hit fetched then, recorded as created then and
+    /// inserted only over an older entry (see [`MergePolicy::Newer`]).
     fn commit_put(
         &self,
         key: &[u8],
@@ -749,8 +797,9 @@ impl Store {
         hash: BlobHash,
         raw_size: u64,
         opts: &PutOptions,
+        hit_at: Option<u64>,
     ) -> Result<(PutReport, Record)> {
-        let now = self.now();
+        let now = hit_at.unwrap_or_else(|| self.now());
         let mut gone_seen = None;
         let mut reuse_known = true;
         for attempt in 0..PUT_ATTEMPTS {
@@ -758,12 +807,19 @@ impl Store {
                 self.place_blob(source, &hash, raw_size, now, reuse_known)?;
             let record = self.new_record(&hash, &blob, opts, now);
             let expires_at = record.expires_at;
-            let op = Op::Put {
+            let item = ImportItem {
                 key: ByteBuf::from(key.to_vec()),
                 record: record.clone(),
                 blob: blob.clone(),
                 inline: inline.map(ByteBuf::from),
                 gone_seen,
+            };
+            let op = match hit_at {
+                None => item.into_put(),
+                Some(_) => Op::Import {
+                    items: vec![item],
+                    policy: MergePolicy::Newer,
+                },
             };
             crate::gc::hooks::blob_placed(&hash);
             match self.apply(&op)? {
@@ -1194,11 +1250,14 @@ impl Store {
             let info = e.info(backend, signature)?;
             return Ok(info.map(|(i, h)| EntryMeta::from_info(&key, &i, &h)));
         }
-        Ok(self
-            .inner
-            .share
-            .lookup(&key)?
-            .map(|l| EntryMeta::from_record(&key, &l.record)))
+        let local = self.inner.share.lookup(&key)?.map(|l| l.record);
+        // A remote hit served but not stored yet counts as held.
+        let now = self.now();
+        let record = match local {
+            Some(r) if now < r.expires_at => Some(r),
+            other => self.inner.remote.pending_record(&key, now).or(other),
+        };
+        Ok(record.map(|r| EntryMeta::from_record(&key, &r)))
     }
 
     /// True when a live (unexpired) entry exists. Does not read the blob.
@@ -1235,6 +1294,7 @@ impl Store {
             self.forget_v2(&[key]);
             return done;
         }
+        self.inner.remote.settle(self, &key);
         let op = Op::Touch {
             key: ByteBuf::from(key),
             expires_at: add_ms(self.now(), ttl),
@@ -1409,8 +1469,8 @@ impl Store {
 
     /// Makes everything written so far durable in the index now (it
     /// otherwise happens every flush interval and on close). With a remote
-    /// tier writing in the background, first waits (a few seconds at most)
-    /// until the queued writes are sent.
+    /// tier, first waits (a few seconds at most) until the remote hits
+    /// served so far are stored locally and the queued writes are sent.
     pub fn flush(&self) -> Result<()> {
         if let Some(e) = self.engine() {
             return e.flush();
@@ -1494,6 +1554,14 @@ impl Store {
     /// standby threads).
     pub(crate) fn downgrade(&self) -> WeakStore {
         WeakStore(Arc::downgrade(&self.inner))
+    }
+}
+
+impl Drop for Store {
+    /// The last handle waits (bounded) until the remote hits served but
+    /// not stored yet are stored: closing the store keeps them.
+    fn drop(&mut self) {
+        self.inner.remote.handle_dropped(self);
     }
 }
 

@@ -6,6 +6,9 @@
 
 #![cfg(feature = "redis")]
 
+mod common;
+
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use blobcache::testkit::{RedisServer, RedisTls, Rng, json_payload};
 use blobcache::{
     Category, Error, PutOptions, RemoteOptions, RemoteState, Selector, Store, StoreOptions,
 };
+use common::{assert_clean, kill9, open_retry, spawn_worker, wait_for_line, worker_spec};
 
 fn server(dir: &Path) -> RedisServer {
     RedisServer::start(dir, None).expect("redis-server is required for these tests")
@@ -731,6 +735,7 @@ fn a_remote_hit_is_served_from_the_bytes_it_verified_and_stored_as_it_came() {
         std::fs::write(&victim, bytes).unwrap();
     });
     let hit = b.get("tmdb", "big").unwrap().expect("remote hit");
+    b.flush().unwrap(); // the hit is stored (and damaged) by now
     drop(hook);
     assert_eq!(hit.data, body);
     assert_eq!(
@@ -743,6 +748,7 @@ fn a_remote_hit_is_served_from_the_bytes_it_verified_and_stored_as_it_came() {
     assert!(b.get("tmdb", "big").unwrap().is_none());
     assert_eq!(b.stats().unwrap().corrupt, 1);
     assert_eq!(b.get("tmdb", "big").unwrap().unwrap().data, body);
+    b.flush().unwrap();
     let blob_key = format!("blobcache:b:{}", put.hash.to_hex());
     let in_redis: Vec<u8> = redis::cmd("GET")
         .arg(&blob_key)
@@ -894,4 +900,194 @@ fn without_a_queue_wait_a_full_queue_drops_writes_and_counts_them() {
     );
     assert_eq!(dbsize(&srv), r.writes);
     assert_eq!(r.waited, 0, "no wait asked for");
+}
+
+/// Payload `i` of the pending-hit tests: JSON of a few KiB (inside its
+/// entry), and every third one incompressible (a blob kept apart).
+fn hit_payload(i: u64) -> Vec<u8> {
+    match i % 3 {
+        0 => random(100 + i, 60_000),
+        _ => json_payload(i, 1000 + (i as usize % 7) * 3000),
+    }
+}
+
+/// A store in `dir` that `a` wrote `n` hit payloads through `srv` for.
+fn shared_entries(srv: &RedisServer, dir: &Path, n: u64) -> Store {
+    let a = open(dir, RemoteOptions::new(srv.url()).sync_writes(true));
+    for i in 0..n {
+        a.put("t", format!("k{i}"), &hit_payload(i), &PutOptions::new())
+            .unwrap();
+    }
+    a
+}
+
+#[test]
+fn a_remote_hit_is_served_at_once_and_stored_by_flush_or_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let n = 60;
+    let _a = shared_entries(&srv, &tmp.path().join("a"), n);
+    let (b_dir, c_dir) = (tmp.path().join("b"), tmp.path().join("c"));
+    let b = open(&b_dir, RemoteOptions::new(srv.url()));
+    let c = open(&c_dir, RemoteOptions::new(srv.url()));
+    for i in 0..n {
+        for s in [&b, &c] {
+            let hit = s.get("t", format!("k{i}")).unwrap().expect("remote hit");
+            assert_eq!(hit.data, hit_payload(i), "k{i}");
+        }
+    }
+    // Redis goes away: every key is served again, from what was verified
+    // (pending or stored), and none goes to Redis again.
+    drop(srv);
+    for i in 0..n {
+        let k = format!("k{i}");
+        assert!(b.contains("t", &k).unwrap(), "{k}");
+        assert_eq!(b.get("t", &k).unwrap().unwrap().data, hit_payload(i));
+    }
+    let rb = remote_stats(&b);
+    assert_eq!((rb.hits, rb.misses, rb.errors), (n, 0, 0), "{rb:?}");
+    // flush() stores what is pending; closing the last handle does too.
+    b.flush().unwrap();
+    drop(b);
+    drop(c);
+    for dir in [&b_dir, &c_dir] {
+        let local = Store::open(dir, StoreOptions::default()).unwrap();
+        assert_eq!(local.stats().unwrap().entries, n, "{}", dir.display());
+        for i in 0..n {
+            let hit = local.get("t", format!("k{i}")).unwrap().expect("kept");
+            assert_eq!(hit.data, hit_payload(i));
+        }
+        assert_clean(&local);
+    }
+}
+
+#[test]
+fn a_local_change_while_a_hit_is_pending_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let _a = shared_entries(&srv, &tmp.path().join("a"), 3);
+    let b_dir = tmp.path().join("b");
+    let b = open(&b_dir, RemoteOptions::new(srv.url()));
+    let local = b"{\"local\":true}".to_vec();
+
+    // A local put lands while the hit is being stored, after its blob is
+    // placed and before its record goes in: the put is newer and stays.
+    let raced = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let (b, local, raced) = (b.clone(), local.clone(), raced.clone());
+        let hash = blobcache::BlobHash::of(&hit_payload(0));
+        blobcache::test_hooks::on_blob_placed(hash, move || {
+            if !raced.swap(true, Ordering::SeqCst) {
+                b.put("t", "k0", &local, &PutOptions::new()).unwrap();
+            }
+        })
+    };
+    assert_eq!(b.get("t", "k0").unwrap().unwrap().data, hit_payload(0));
+    b.flush().unwrap();
+    drop(hook);
+    assert!(
+        raced.load(Ordering::SeqCst),
+        "the hit was stored after it was served"
+    );
+    assert_eq!(b.get("t", "k0").unwrap().unwrap().data, local);
+
+    // A put or a delete right after the hit: the pending hit is dropped.
+    assert_eq!(b.get("t", "k1").unwrap().unwrap().data, hit_payload(1));
+    b.put("t", "k1", &local, &PutOptions::new()).unwrap();
+    assert_eq!(b.get("t", "k1").unwrap().unwrap().data, local);
+    assert_eq!(b.get("t", "k2").unwrap().unwrap().data, hit_payload(2));
+    b.delete("t", "k2").unwrap();
+    assert!(!b.contains("t", "k2").unwrap());
+    drop(srv); // so a get cannot read k2 through again
+    assert!(b.get("t", "k2").unwrap().is_none(), "deleted, not served");
+    b.flush().unwrap();
+    drop(b);
+    let b = Store::open(&b_dir, StoreOptions::default()).unwrap();
+    for k in ["k0", "k1"] {
+        assert_eq!(b.get("t", k).unwrap().unwrap().data, local, "{k}");
+    }
+    assert!(b.get("t", "k2").unwrap().is_none());
+    assert_clean(&b);
+}
+
+/// Entry point of worker processes; does nothing in a normal test run.
+#[test]
+#[ignore = "entry point for worker processes spawned by other tests"]
+fn worker() {
+    let Some(spec) = worker_spec() else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    match parts[..] {
+        // Read `n` keys through the remote, each checked, each followed by
+        // an acknowledged local put; then hold on until killed.
+        ["hits", dir, url, n] => {
+            let b = open(Path::new(dir), RemoteOptions::new(url));
+            for i in 0..n.parse::<u64>().unwrap() {
+                let hit = b.get("t", format!("k{i}")).unwrap().expect("remote hit");
+                assert_eq!(hit.data, hit_payload(i), "k{i}");
+                b.put(
+                    "own",
+                    format!("k{i}"),
+                    &json_payload(i, 500),
+                    &PutOptions::new(),
+                )
+                .unwrap();
+                println!("ack {i}");
+            }
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        _ => panic!("unknown worker {spec}"),
+    }
+}
+
+#[test]
+fn kill9_while_hits_are_pending_loses_nothing_acknowledged_and_serves_no_wrong_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let n = 400;
+    let _a = shared_entries(&srv, &tmp.path().join("a"), n);
+    let b_dir = tmp.path().join("b");
+    let spec = format!("hits|{}|{}|{n}", b_dir.display(), srv.url());
+    let mut child = spawn_worker(&spec);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let parse = |l: &str| l.strip_prefix("ack ").and_then(|k| k.parse::<u64>().ok());
+    let mut last = None;
+    wait_for_line(&mut out, |l| {
+        last = parse(l).or(last);
+        last.is_some_and(|k| k >= n / 2)
+    })
+    .expect("the worker read hits through");
+    kill9(&mut child);
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    let acked = rest.lines().filter_map(parse).chain(last).max().unwrap();
+
+    // Without the remote: every acknowledged put is there, and every hit
+    // kept is exact.
+    let b = open_retry(&b_dir, StoreOptions::default());
+    for i in 0..=acked {
+        let own = b.get("own", format!("k{i}")).unwrap();
+        let own = own.unwrap_or_else(|| panic!("acknowledged put k{i} lost"));
+        assert_eq!(own.data, json_payload(i, 500));
+    }
+    let mut kept = 0;
+    for i in 0..n {
+        if let Some(hit) = b.get("t", format!("k{i}")).unwrap() {
+            assert_eq!(hit.data, hit_payload(i), "k{i}");
+            kept += 1;
+        }
+    }
+    assert!(kept <= acked + 2, "{kept} kept of {acked} read");
+    assert_clean(&b);
+    drop(b);
+    // With it, what was not kept reads through again, exact.
+    let b = open_retry(
+        &b_dir,
+        StoreOptions::default().remote(RemoteOptions::new(srv.url())),
+    );
+    for i in 0..n {
+        let hit = b.get("t", format!("k{i}")).unwrap().expect("read through");
+        assert_eq!(hit.data, hit_payload(i), "k{i}");
+    }
 }

@@ -176,6 +176,19 @@ pub struct ImportItem {
     pub gone_seen: Option<u64>,
 }
 
+impl ImportItem {
+    /// The same entry as a plain [`Op::Put`] (replacing what the key holds).
+    pub fn into_put(self) -> Op {
+        Op::Put {
+            key: self.key,
+            record: self.record,
+            blob: self.blob,
+            inline: self.inline,
+            gone_seen: self.gone_seen,
+        }
+    }
+}
+
 /// What an op did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

@@ -3,8 +3,9 @@
 //!
 //! - Read-through: a local miss of [`crate::Store::get`] (and its stale
 //!   and streaming variants) asks Redis for the entry and its blob, checks
-//!   the blob's blake3 before anything is served or stored, and stores the
-//!   hit locally with its remaining TTL.
+//!   the blob's blake3 before anything is served or stored, serves the hit
+//!   and stores it locally with its remaining TTL in the background
+//!   (`hits.rs`: until then its key is served from the same bytes).
 //! - Write-through: after a put succeeded locally, the entry follows to
 //!   Redis, from a bounded background queue (default) or before the put
 //!   returns ([`RemoteOptions::sync_writes`]).
@@ -25,6 +26,8 @@
 //! [`Remote`] at a handful of points and nothing else.
 
 mod entry;
+#[cfg(feature = "redis")]
+mod hits;
 #[cfg(feature = "redis")]
 mod pool;
 #[cfg(feature = "redis")]
@@ -321,7 +324,8 @@ pub struct RemoteStats {
 
 /// The store's handle on its remote tier: a no-op when none is configured.
 /// Its methods (`open`, `fill` on a local miss, `after_put`,
-/// `after_delete`, `drain`, `stats`) live in `tier.rs`; a build without
+/// `after_delete`, `drain`, `stats`, and `pending_record`, `settle`,
+/// `handle_dropped` for hits not stored yet) live in `tier.rs`; a build without
 /// the `redis` feature gets the no-op versions below.
 #[derive(Debug, Default)]
 pub(crate) struct Remote {
@@ -370,6 +374,17 @@ impl Remote {
 
     /// Nothing is queued.
     pub fn drain(&self) {}
+
+    /// No hit is pending.
+    pub fn pending_record(&self, _: &[u8], _: u64) -> Option<crate::record::Record> {
+        None
+    }
+
+    /// No hit is pending.
+    pub fn settle(&self, _: &Store, _: &[u8]) {}
+
+    /// No hit is pending.
+    pub fn handle_dropped(&self, _: &Store) {}
 
     /// No figures.
     pub fn stats(&self) -> Option<RemoteStats> {

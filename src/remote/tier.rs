@@ -11,6 +11,7 @@ use redis::{Connection, RedisError, RedisResult};
 use serde_bytes::ByteBuf;
 
 use super::entry::{self, RemoteEntry, codec_of};
+use super::hits::{Hit, Hits};
 use super::pool::{self, Breaker, Pool};
 use super::writer::Writer;
 use super::{Remote, RemoteOptions, RemoteState, RemoteStats, remote_error};
@@ -46,6 +47,9 @@ struct Ready {
 pub struct Tier {
     shared: Arc<Shared>,
     writer: Option<Writer>,
+    /// Hits served before they are stored (none with `fatal_errors`:
+    /// then a hit is stored before it is served, so a failure fails it).
+    hits: Option<Hits>,
 }
 
 /// What the tier and its background writer share.
@@ -122,7 +126,54 @@ impl Tier {
         shared.probe()?;
         let writer = (!opts.sync_writes && !opts.read_only)
             .then(|| Writer::spawn(shared.clone(), opts.queue_capacity));
-        Ok(Tier { shared, writer })
+        let hits = (!opts.fatal_errors).then(Hits::spawn);
+        Ok(Tier {
+            shared,
+            writer,
+            hits,
+        })
+    }
+
+    /// On a local miss: a pending hit of `key`, else Redis. A verified hit
+    /// is served at once and stored in the background, or now when the
+    /// pending set is full.
+    fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Filled>> {
+        if let Some(filled) = self.hits.as_ref().and_then(|h| h.serve(key, now)) {
+            return Ok(Some(filled));
+        }
+        let s = &self.shared;
+        let Some(hit) = s.fetch(store, key, now)? else {
+            return Ok(None);
+        };
+        let record = hit.record.clone();
+        let hit = match &self.hits {
+            Some(h) => {
+                let data = hit.data.clone();
+                match h.offer(store, key, hit) {
+                    Ok(()) => {
+                        bump(&s.counts.hits);
+                        return Ok(Some(Filled { record, data }));
+                    }
+                    Err(hit) => hit,
+                }
+            }
+            None => hit,
+        };
+        let Hit {
+            data,
+            codec,
+            stored,
+            opts,
+            at,
+            ..
+        } = hit;
+        match store.store_remote_hit(key, &data, codec, stored, record.hash, &opts, at) {
+            Ok(record) => {
+                bump(&s.counts.hits);
+                Ok(Some(Filled { record, data }))
+            }
+            Err(err) => s.not_kept(key, err),
+        }
     }
 }
 
@@ -141,9 +192,35 @@ impl Remote {
     /// here are its record and verified payload, to serve as they are.
     pub fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Filled>> {
         match &self.tier {
-            Some(t) => t.shared.fill(store, key, now),
+            Some(t) => t.fill(store, key, now),
             None => Ok(None),
         }
+    }
+
+    /// The record of the remote hit of `key` served but not stored yet.
+    pub fn pending_record(&self, key: &[u8], now: u64) -> Option<crate::record::Record> {
+        self.hits()?.record(key, now)
+    }
+
+    /// Stores the remote hit of `key` served but not stored yet, now.
+    pub fn settle(&self, store: &Store, key: &[u8]) {
+        if let Some(h) = self.hits() {
+            h.settle(store, key);
+        }
+    }
+
+    /// A store handle is being dropped; the last one waits (bounded) until
+    /// the remote hits served so far are stored locally.
+    pub fn handle_dropped(&self, store: &Store) {
+        if let Some(t) = &self.tier
+            && let Some(h) = &t.hits
+        {
+            h.handle_dropped(store, t.shared.drain_budget());
+        }
+    }
+
+    fn hits(&self) -> Option<&Hits> {
+        self.tier.as_ref()?.hits.as_ref()
     }
 
     /// After a local put: sends the entry to Redis (queued or now).
@@ -160,6 +237,9 @@ impl Remote {
         let Some(t) = &self.tier else {
             return Ok(());
         };
+        if let Some(h) = &t.hits {
+            h.forget(key, true); // the local put is newer
+        }
         let s = &t.shared;
         if s.opts.read_only {
             return Ok(());
@@ -193,6 +273,9 @@ impl Remote {
         let Some(t) = &self.tier else {
             return Ok(());
         };
+        if let Some(h) = &t.hits {
+            h.forget_deleted(prefix, exact);
+        }
         let s = &t.shared;
         if s.opts.read_only || !s.opts.delete_remote {
             return Ok(());
@@ -207,14 +290,18 @@ impl Remote {
         s.delete_matching(&entry::entry_pattern(&s.opts.prefix, prefix))
     }
 
-    /// Waits (bounded by the tier's timeout) until queued writes are sent.
+    /// Waits (bounded by the tier's timeout) until the remote hits served
+    /// so far are stored locally and the queued writes are sent.
     pub fn drain(&self) {
-        if let Some(Tier {
-            shared,
-            writer: Some(w),
-        }) = &self.tier
-        {
-            w.drain(shared.drain_budget());
+        let Some(t) = &self.tier else {
+            return;
+        };
+        let budget = t.shared.drain_budget();
+        if let Some(h) = &t.hits {
+            h.drain(budget);
+        }
+        if let Some(w) = &t.writer {
+            w.drain(budget);
         }
     }
 
@@ -368,8 +455,9 @@ impl Shared {
     /// A local miss asks Redis: the entry, then (kept apart) its blob. The
     /// stored bytes are decoded and checked against the entry's blake3
     /// here, once; the verified payload is what is served, and the stored
-    /// bytes (in the codec they came in) are what is kept locally.
-    fn fill(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Filled>> {
+    /// bytes (in the codec they came in) are what is kept locally. `None`:
+    /// nothing to serve (counted).
+    fn fetch(&self, store: &Store, key: &[u8], now: u64) -> Result<Option<Hit>> {
         let ekey = entry::entry_key(&self.opts.prefix, key);
         let Some(value) =
             self.call(|c| redis::cmd("GET").arg(&ekey).query::<Option<Vec<u8>>>(c))?
@@ -404,17 +492,28 @@ impl Shared {
             Err(BlobError::Io(err)) => return Err(err),
         };
         let opts = e.put_options(now);
-        match store.put_remote_hit(key, &data, e.codec, stored, e.hash, &opts) {
-            Ok(record) => {
-                bump(&self.counts.hits);
-                Ok(Some(Filled { record, data }))
-            }
-            Err(err) if !self.opts.fatal_errors => {
-                log::warn!("remote hit {} not stored locally: {err}", key::display(key));
-                Ok(self.miss())
-            }
-            Err(err) => Err(err),
+        if let Err(err) = store.check_remote_hit(key, &data, &opts) {
+            return self.not_kept(key, err);
         }
+        let raw_size = data.len() as u64;
+        Ok(Some(Hit {
+            record: store.remote_hit_record(&e.hash, e.codec, &stored, raw_size, &opts, now),
+            data,
+            codec: e.codec,
+            stored,
+            opts,
+            at: now,
+        }))
+    }
+
+    /// A verified hit the local cache refuses to keep: not served (an
+    /// error with `fatal_errors`).
+    fn not_kept<T>(&self, key: &[u8], err: crate::Error) -> Result<Option<T>> {
+        if self.opts.fatal_errors {
+            return Err(err);
+        }
+        log::warn!("remote hit {} not stored locally: {err}", key::display(key));
+        Ok(self.miss())
     }
 
     /// The blob of an entry kept apart; `None` (counted) when Redis lost it

@@ -108,9 +108,14 @@ impl Writer {
                 return;
             }
         }
+        // The thread waits only when it has nothing to do: a put wakes it
+        // only then (a wake-up is a system call, and most puts need none).
+        let wake = st.jobs.is_empty() && st.sending == 0;
         st.jobs.push_back(job);
         drop(st);
-        q.arrived.notify_one();
+        if wake {
+            q.arrived.notify_one();
+        }
     }
 
     /// Writes queued or being sent.
