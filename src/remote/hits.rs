@@ -137,6 +137,7 @@ impl Hits {
 
     /// Takes `hit` to store it in the background; gives it back when the
     /// pending set is full (the caller stores it now).
+    #[allow(clippy::result_large_err)] // the hit comes back whole, to be stored now
     pub fn offer(&self, store: &Store, key: &[u8], hit: Hit) -> Result<(), Hit> {
         if !self.started {
             return Err(hit);
