@@ -146,13 +146,11 @@ fn copy_all(v1: &Store, engine: Engine) -> Result<Migrated> {
     let mut report = Migrated::default();
     for meta in v1.list(&Selector::All)? {
         let meta = meta?;
-        match copy_one(v1, &engine, &meta) {
-            Ok(true) => {
-                report.entries += 1;
-                report.bytes += meta.raw_size;
-            }
-            Ok(false) => report.skipped += 1,
-            Err(e) => return Err(e),
+        if copy_one(v1, &engine, &meta)? {
+            report.entries += 1;
+            report.bytes += meta.raw_size;
+        } else {
+            report.skipped += 1;
         }
         if report.entries == 1 {
             kill_point("copying");

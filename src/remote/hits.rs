@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::key;
 use crate::options::PutOptions;
@@ -246,20 +246,16 @@ impl Hits {
 
     /// Waits until every pending hit is stored, at most `budget`.
     pub fn drain(&self, budget: Duration) {
-        let deadline = Instant::now() + budget;
+        if !self.started {
+            return;
+        }
         let p = &self.pending;
-        let mut st = p.lock();
-        while !st.is_idle() && self.started {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                log::warn!("{} remote hits not stored locally in time", st.by_key.len());
-                return;
-            }
-            st = p
-                .stored
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let (st, _) = p
+            .stored
+            .wait_timeout_while(p.lock(), budget, |st| !st.is_idle())
+            .unwrap_or_else(PoisonError::into_inner);
+        if !st.is_idle() {
+            log::warn!("{} remote hits not stored locally in time", st.by_key.len());
         }
     }
 

@@ -91,18 +91,11 @@ impl Writer {
             if !wait.is_zero() {
                 counts.waited.fetch_add(1, Ordering::Relaxed);
             }
-            let deadline = Instant::now() + wait;
-            while st.jobs.len() >= q.capacity && !st.closing {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st = q
-                    .taken
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            st = q
+                .taken
+                .wait_timeout_while(st, wait, |st| st.jobs.len() >= q.capacity && !st.closing)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             if st.jobs.len() >= q.capacity || st.closing {
                 counts.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
